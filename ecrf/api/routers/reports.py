@@ -1,0 +1,287 @@
+"""Reports: patient timelines, 28-day safety tables, PK, MRD and RFS (JSON, CSV, PNG).
+
+Each report reads one projection's facts, caught up first so a caller sees its own writes,
+or replayed from the log as it stood at ``as_of``; the projection's pure report function
+turns them into rows. Site-bound roles see only their sites' subjects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+
+from ecrf.api.deps import App, CurrentActor, Projections
+from ecrf.api.report_models import (
+    CrsIcansReport,
+    DltReport,
+    MrdReport,
+    PkReport,
+    ProjectionStatus,
+    RclAdaReport,
+    RfsReport,
+    TeaeReport,
+    TimelineReport,
+)
+from ecrf.domain.access import SITE_BOUND_ROLES, Action, Actor
+from ecrf.domain.errors import InvalidInputError, NotFoundError
+from ecrf.reports.plots import km_plot, pk_plot
+from ecrf.reports.tables import to_csv
+from projections.facts import ReportTable, SubjectFacts
+from projections.mrd import MrdCourses, mrd_report
+from projections.pk import PkProfiles, pk_methods, pk_report
+from projections.reading import load_facts
+from projections.rfs import RecurrenceFreeSurvival, rfs_report
+from projections.runner import ProjectionRunner
+from projections.safety import (
+    SafetyTables,
+    crs_icans_report,
+    dlt_report,
+    rcl_ada_report,
+    teae_report,
+)
+from projections.timeline import PatientTimeline, timeline_report
+
+router = APIRouter(tags=["reports"])
+
+AsOf = Annotated[
+    datetime | None,
+    Query(description="ISO 8601 instant: the report exactly as it stood then (UTC if no zone)"),
+]
+Format = Annotated[
+    Literal["json", "csv"],
+    Query(alias="format", description="json (default) or csv (the rows only)"),
+]
+Method = Annotated[
+    str | None, Query(description="PK assay method (flow or qpcr); the first one by default")
+]
+CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "JSON, or the rows as CSV"}
+}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG image"}
+}
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _visible_sites(actor: Actor) -> tuple[str, ...] | None:
+    """The sites whose subjects the caller may see in reports (None: every site)."""
+    role = actor.role_for(Action.READ_REPORTS)
+    return actor.sites if role in SITE_BOUND_ROLES else None
+
+
+def _facts(
+    runner: ProjectionRunner, actor: Actor, name: str, as_of: datetime | None
+) -> tuple[list[SubjectFacts], int]:
+    return load_facts(runner, name, as_of=_utc(as_of), sites=_visible_sites(actor))
+
+
+def _respond(
+    table: ReportTable,
+    position: int,
+    as_of: datetime | None,
+    fmt: str,
+    filename: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Response:
+    headers = {"X-Log-Position": str(position)}
+    if fmt == "csv":
+        headers["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
+        return Response(to_csv(table.columns, table.rows), media_type="text/csv", headers=headers)
+    moment = _utc(as_of)
+    body: dict[str, Any] = {
+        "position": position,
+        "as_of": moment.isoformat().replace("+00:00", "Z") if moment else None,
+        **(extra or {}),
+        "rows": table.rows,
+    }
+    if table.summary is not None:
+        body["summary"] = table.summary
+    return JSONResponse(body, headers=headers)
+
+
+def _pk_method(study: Mapping[str, Any], method: str | None) -> str:
+    methods = pk_methods(study)
+    if method is None and methods:
+        return methods[0]
+    if method not in methods:
+        raise InvalidInputError.single(
+            "/method", f"unknown PK method {method!r}; use one of: {', '.join(methods)}"
+        )
+    return method
+
+
+@router.get(
+    "/subjects/{subject_id}/timeline",
+    response_model=TimelineReport,
+    responses=CSV,
+    tags=["subjects"],
+)
+def timeline(
+    runner: Projections,
+    actor: CurrentActor,
+    application: App,
+    subject_id: str,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """A subject's clinical course: date, study day (day 0 = infusion) and what happened."""
+    sites = _visible_sites(actor)
+    facts, position = load_facts(runner, PatientTimeline.name, sites=sites, subject_id=subject_id)
+    if not facts:
+        raise NotFoundError("subject not found")
+    if as_of is not None:
+        facts, position = load_facts(
+            runner, PatientTimeline.name, as_of=_utc(as_of), sites=sites, subject_id=subject_id
+        )
+        if not facts:
+            raise NotFoundError(f"subject {subject_id} did not exist at {as_of.isoformat()}")
+    table = timeline_report(facts[0], application.forms.study)
+    header = table.summary
+    return _respond(replace(table, summary=None), position, as_of, fmt, "timeline", header)
+
+
+@router.get("/reports/safety/teae", response_model=TeaeReport, responses=CSV)
+def teae(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """Treatment-emergent AEs in days 0-28, per subject; summary per dose level and term."""
+    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    return _respond(teae_report(facts, application.forms.study), position, as_of, fmt, "teae")
+
+
+@router.get("/reports/safety/crs-icans", response_model=CrsIcansReport, responses=CSV)
+def crs_icans(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """CRS and ICANS per treated subject: worst grade, onset day, duration (days 0-28)."""
+    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    table = crs_icans_report(facts, application.forms.study)
+    return _respond(table, position, as_of, fmt, "crs-icans")
+
+
+@router.get("/reports/safety/dlt", response_model=DltReport, responses=CSV)
+def dlt(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """Per dose level: treated, evaluable and DLT counts from signed DLT assessments."""
+    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    return _respond(dlt_report(facts, application.forms.study), position, as_of, fmt, "dlt")
+
+
+@router.get("/reports/safety/rcl-ada", response_model=RclAdaReport, responses=CSV)
+def rcl_ada(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """Every RCL and ADA test result."""
+    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    table = rcl_ada_report(facts, application.forms.study)
+    return _respond(table, position, as_of, fmt, "rcl-ada")
+
+
+@router.get("/reports/pk", response_model=PkReport, responses=CSV)
+def pk(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    method: Method = None,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """NCA per subject (Cmax, Tmax, Tlast, AUClast, AUC0-28); geometric summaries by dose."""
+    study = application.forms.study
+    chosen = _pk_method(study, method)
+    facts, position = _facts(runner, actor, PkProfiles.name, as_of)
+    return _respond(pk_report(facts, study, chosen), position, as_of, fmt, f"pk-{chosen}")
+
+
+@router.get("/reports/pk/plot.png", response_class=Response, responses=PNG)
+def pk_png(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    method: Method = None,
+    as_of: AsOf = None,
+) -> Response:
+    """PK profiles per dose level on a log scale."""
+    study = application.forms.study
+    chosen = _pk_method(study, method)
+    facts, position = _facts(runner, actor, PkProfiles.name, as_of)
+    table = pk_report(facts, study, chosen)
+    summary = table.summary or {}
+    levels = [level["dose_level"] for level in summary.get("dose_levels", [])]
+    image = pk_plot(table.rows, levels, chosen, summary.get("unit"))
+    return Response(image, media_type="image/png", headers={"X-Log-Position": str(position)})
+
+
+@router.get("/reports/efficacy/mrd", response_model=MrdReport, responses=CSV)
+def mrd(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """ctDNA course, clearance, molecular relapse and imaging recurrence per subject."""
+    facts, position = _facts(runner, actor, MrdCourses.name, as_of)
+    return _respond(mrd_report(facts, application.forms.study), position, as_of, fmt, "mrd")
+
+
+@router.get("/reports/efficacy/rfs", response_model=RfsReport, responses=CSV)
+def rfs(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    fmt: Format = "json",
+) -> Response:
+    """RFS time and event per treated subject; Kaplan-Meier curve and 24-month rate."""
+    facts, position = _facts(runner, actor, RecurrenceFreeSurvival.name, as_of)
+    return _respond(rfs_report(facts, application.forms.study), position, as_of, fmt, "rfs")
+
+
+@router.get("/reports/efficacy/rfs/plot.png", response_class=Response, responses=PNG)
+def rfs_png(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+) -> Response:
+    """The Kaplan-Meier RFS curve with its 95% band and numbers at risk."""
+    facts, position = _facts(runner, actor, RecurrenceFreeSurvival.name, as_of)
+    table = rfs_report(facts, application.forms.study)
+    summary = table.summary or {}
+    image = km_plot(table.rows, summary.get("curve", []), summary.get("horizon_months", 24.0))
+    return Response(image, media_type="image/png", headers={"X-Log-Position": str(position)})
+
+
+@router.get("/reports/projections")
+def projection_status(runner: Projections, actor: CurrentActor) -> list[ProjectionStatus]:
+    """Each read model's log position and how far it lags the log."""
+    actor.role_for(Action.READ_REPORTS)
+    return [ProjectionStatus.model_validate(item) for item in runner.status()]

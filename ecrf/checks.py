@@ -1,0 +1,227 @@
+"""Derived values and soft checks, driven by the study definition.
+
+Derived values (CRS grade, ICE score and ICANS grade, cells/kg) come from
+`ecrf.clinical`. Soft checks accept the data and report findings; the application turns
+each finding into a system query on the field. Most checks are declared as data in
+`forms/study.json` (`settings.soft_checks`); this module only knows how to evaluate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ecrf.clinical.grading import crs_grade, icans_grade, ice_score
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A soft-check finding: the field it is about and what to ask the site."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EntryFacts:
+    """What the checks need to know about another live entry of the same subject."""
+
+    entry_id: str
+    form: str
+    data: Mapping[str, Any]
+
+
+def derive(form: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Return ``data`` with the values the server derives for this form added."""
+    derived = dict(data)
+    if form == "crs_assessment":
+        derived["grade"] = crs_grade(**data)
+    elif form == "icans_assessment":
+        score = ice_score(**data)
+        derived["ice_score"] = score
+        derived["grade"] = icans_grade(**{**data, "ice_score": score})
+    elif form == "cart_infusion":
+        weight = data.get("weight_kg")
+        cells = data.get("total_car_t_cells")
+        if isinstance(weight, int | float) and weight > 0 and isinstance(cells, int | float):
+            derived["cells_per_kg"] = cells / weight
+    return derived
+
+
+class SoftChecks:
+    """Evaluates the study's soft checks for one entry against the subject's others."""
+
+    def __init__(self, study: Mapping[str, Any]) -> None:
+        self.study = study
+        self.settings: Mapping[str, Any] = study.get("settings", {})
+        self.rules: Mapping[str, Any] = self.settings.get("soft_checks", {})
+        self.timezone = ZoneInfo(str(study.get("timezone", "UTC")))
+        self.catalogue: Mapping[str, Any] = study.get("forms", {})
+        self.visits = {v["code"]: v for v in study.get("visits", [])}
+        self.anchors: Mapping[str, Any] = study.get("anchors", {})
+        self.dose_levels = {d["dose_level"]: d for d in study.get("dose_levels", [])}
+
+    def findings(
+        self,
+        entry: EntryFacts,
+        visit: str,
+        others: Iterable[EntryFacts],
+        assigned_dose_level: str | None = None,
+    ) -> list[Finding]:
+        """Every soft-check finding for ``entry`` (others = the subject's other live entries)."""
+        others = [o for o in others if o.entry_id != entry.entry_id]
+        found: list[Finding] = []
+        found += self._visit_window(entry, visit, others)
+        found += self._date_order(entry, others)
+        found += self._equal(entry, others)
+        found += self._plausible(entry)
+        found += self._mismatch(entry)
+        found += self._cell_dose(entry, assigned_dose_level)
+        unique: dict[tuple[str, str], Finding] = {(f.path, f.message): f for f in found}
+        return sorted(unique.values(), key=lambda f: (f.path, f.message))
+
+    # The individual checks ------------------------------------------------------
+
+    def _visit_window(
+        self, entry: EntryFacts, visit_code: str, others: list[EntryFacts]
+    ) -> list[Finding]:
+        meta = self.catalogue.get(entry.form, {})
+        visit = self.visits.get(visit_code)
+        if not meta.get("window_check") or visit is None or not visit.get("anchor"):
+            return []
+        if visit.get("target_day") is None:
+            return []
+        date_field = meta.get("date_field")
+        when = self._day(entry.data.get(date_field)) if date_field else None
+        anchor = self._anchor_date(visit["anchor"], entry, others)
+        if when is None or anchor is None:
+            return []  # nothing to compare yet
+        start = visit["target_day"] - (visit.get("window_before") or 0)
+        end = visit["target_day"] + (visit.get("window_after") or 0)
+        day = (when - anchor).days
+        if start <= day <= end:
+            return []
+        template = str(self.rules.get("visit_window_message", "Entry outside the {visit} window."))
+        message = template.format(visit=visit_code, start=start, end=end, anchor=visit["anchor"])
+        return [Finding(f"/{date_field}", f"{message} It is day {day}.")]
+
+    def _anchor_date(self, anchor: str, entry: EntryFacts, others: list[EntryFacts]) -> date | None:
+        source = self.anchors.get(anchor)
+        if not source:
+            return None
+        candidates = [entry, *others] if entry.form == source["form"] else others
+        days = [
+            d
+            for o in candidates
+            if o.form == source["form"]
+            for d in [self._day(o.data.get(source["field"]))]
+            if d is not None
+        ]
+        return min(days) if days else None
+
+    def _date_order(self, entry: EntryFacts, others: list[EntryFacts]) -> list[Finding]:
+        found = []
+        for rule in self.rules.get("date_order", []):
+            earlier, later = rule["earlier"], rule["later"]
+            for mine, theirs, mine_is_earlier in ((earlier, later, True), (later, earlier, False)):
+                if mine["form"] != entry.form:
+                    continue
+                value = self._day(entry.data.get(mine["field"]))
+                if value is None:
+                    continue
+                if theirs["form"] == entry.form:
+                    # Both ends on this form: compare within the entry, reported once.
+                    if not mine_is_earlier:
+                        continue
+                    compared = [entry]
+                else:
+                    compared = [o for o in others if o.form == theirs["form"]]
+                for other in compared:
+                    other_value = self._day(other.data.get(theirs["field"]))
+                    if other_value is None:
+                        continue
+                    ok = value <= other_value if mine_is_earlier else other_value <= value
+                    if not ok:
+                        path = mine["field"] if other is not entry else later["field"]
+                        found.append(Finding(f"/{path}", str(rule["message"])))
+        return found
+
+    def _equal(self, entry: EntryFacts, others: list[EntryFacts]) -> list[Finding]:
+        found = []
+        for rule in self.rules.get("equal", []):
+            first, second = rule["fields"]
+            for mine, theirs in ((first, second), (second, first)):
+                if mine["form"] != entry.form or mine["field"] not in entry.data:
+                    continue
+                for other in (o for o in others if o.form == theirs["form"]):
+                    if theirs["field"] in other.data and (
+                        other.data[theirs["field"]] != entry.data[mine["field"]]
+                    ):
+                        found.append(Finding(f"/{mine['field']}", str(rule["message"])))
+        return found
+
+    def _plausible(self, entry: EntryFacts) -> list[Finding]:
+        found = []
+        for rule in self.rules.get("plausible_ranges", []):
+            if rule["form"] != entry.form:
+                continue
+            value = entry.data.get(rule["field"])
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            low, high = rule.get("minimum"), rule.get("maximum")
+            if (low is not None and value < low) or (high is not None and value > high):
+                found.append(Finding(f"/{rule['field']}", str(rule["message"])))
+        return found
+
+    def _mismatch(self, entry: EntryFacts) -> list[Finding]:
+        found = []
+        for rule in self.rules.get("grade_mismatch", []):
+            if rule["form"] != entry.form or rule["entered"] not in entry.data:
+                continue
+            if entry.data.get(rule["derived"]) != entry.data[rule["entered"]]:
+                found.append(Finding(f"/{rule['entered']}", str(rule["message"])))
+        return found
+
+    def _cell_dose(self, entry: EntryFacts, assigned: str | None) -> list[Finding]:
+        if entry.form != "cart_infusion":
+            return []
+        found = []
+        entered = entry.data.get("dose_level")
+        if assigned and entered and entered != assigned:
+            found.append(
+                Finding(
+                    "/dose_level", f"Infused at {entered} but the subject is assigned {assigned}."
+                )
+            )
+        level = self.dose_levels.get(str(assigned or entered))
+        per_kg = entry.data.get("cells_per_kg")
+        tolerance = float(self.settings.get("cell_dose_tolerance", 0.2))
+        if level is None or not isinstance(per_kg, int | float):
+            return found
+        target = float(level["dose_per_kg"])
+        if abs(per_kg / target - 1.0) > tolerance:
+            template = str(self.rules.get("cell_dose_message", "Dose off target."))
+            message = template.format(
+                cells_per_kg=f"{per_kg:.3g}",
+                dose_level=level["dose_level"],
+                tolerance=f"{tolerance:.0%}",
+            )
+            found.append(Finding("/total_car_t_cells", message))
+        return found
+
+    def _day(self, value: Any) -> date | None:
+        """A calendar date in the study's time zone, from an ISO date or date-time."""
+        if not isinstance(value, str):
+            return None
+        try:
+            if "T" in value:
+                moment = datetime.fromisoformat(value)
+                if moment.tzinfo is None:
+                    return moment.date()
+                return moment.astimezone(self.timezone).date()
+            return date.fromisoformat(value)
+        except ValueError:
+            return None

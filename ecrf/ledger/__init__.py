@@ -1,0 +1,1 @@
+"""The tamper-evident ledger: hash chain, running head, signed seals, verification."""
