@@ -24,6 +24,8 @@ app.add_typer(export_app, name="export")
 app.command("verify")(verify)
 console = Console()
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
 
 @app.command()
 def serve(
@@ -62,6 +64,10 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        # uvicorn kills a worker that does not answer its health check in time; on a busy
+        # two-core machine a worker still importing the app was seen to miss the default
+        # 5 s and be killed mid-request (connection reset). A hung worker still goes.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         log_level=os.environ.get("ECRF_LOG_LEVEL", "info"),
     )
 

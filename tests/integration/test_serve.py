@@ -79,32 +79,34 @@ def test_several_workers_start_together_and_share_one_identity(
         "ECRF_ARGON2_MEMORY_KIB": "1024",
     }
     command = [sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port), "--workers", "2"]
-    server = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=log)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        token = None
-        while token is None:
-            try:
-                response = httpx.post(
-                    f"{base}/auth/token",
-                    data={"username": "admin", "password": "correct horse battery"},
-                )
-                if response.status_code == 200:
-                    token = response.json()["access_token"]
-            except httpx.TransportError:
-                pass
+        # Both workers must have finished starting: until then a request may be queued on
+        # the shared socket for a worker that is still importing the application.
+        deadline = time.monotonic() + 90
+        while log_path.read_text().count("Application startup complete.") < 2:
             if time.monotonic() > deadline or server.poll() is not None:
-                pytest.fail("workers did not start")
+                pytest.fail(f"workers did not start:\n{log_path.read_text()}")
             time.sleep(0.2)
+        base = f"http://127.0.0.1:{port}"
+        response = httpx.post(
+            f"{base}/auth/token",
+            data={"username": "admin", "password": "correct horse battery"},
+            timeout=30,
+        )
+        assert response.status_code == 200, log_path.read_text()
+        token = response.json()["access_token"]
         # Requests land on either worker: every one must accept the token.
-        statuses = {
-            httpx.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code
+        statuses = [
+            httpx.get(
+                f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            ).status_code
             for _ in range(12)
-        }
-        assert statuses == {200}
+        ]
+        assert set(statuses) == {200}, log_path.read_text()
+        assert "] died" not in log_path.read_text(), "uvicorn restarted a worker"
     finally:
         server.terminate()
-        server.communicate(timeout=30)
+        server.wait(timeout=30)
