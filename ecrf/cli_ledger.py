@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ecrf.config import Settings
 from ecrf.ledger.readers import (
+    HeldSeals,
     LogSource,
     PostgresLog,
     SqliteLog,
@@ -25,9 +26,8 @@ from ecrf.ledger.readers import (
     verify_export,
     verify_log,
 )
-from ecrf.ledger.records import Record
-from ecrf.ledger.seals import Seal, SealKey, key_id_of, load_public_key
-from ecrf.ledger.service import mirror_path
+from ecrf.ledger.records import Record, mirror_path
+from ecrf.ledger.seals import SealKey, key_id_of, load_public_key
 from ecrf.ledger.verify import Report
 from ecrf.persistence import DatabaseUrl
 
@@ -126,6 +126,23 @@ def _progress(total: int, label: str) -> Iterator[Callable[[Record], None]]:
         yield advance
 
 
+def verify_source(
+    source: LogSource,
+    *,
+    trusted_keys: dict[str, Ed25519PublicKey] | None,
+    held_seals: HeldSeals,
+) -> Report:
+    """What `ecrf verify --database` runs on an opened log (and closes it): every record
+    in order, with a progress bar on a terminal."""
+    try:
+        with _progress(source.max_position(), "verifying log") as advance:
+            return verify_log(
+                source, trusted_keys=trusted_keys, held_seals=held_seals, progress=advance
+            )
+    finally:
+        source.close()
+
+
 def verify(
     database: Annotated[
         str | None,
@@ -167,7 +184,7 @@ def verify(
     if database is not None and file is not None:
         raise typer.BadParameter("give --database or --file, not both")
     keys = _trusted_keys(public_key or [])
-    held = _held_seals(seals) if seals is not None else []
+    held = _held_seals(seals) if seals is not None else HeldSeals()
     if file is not None:
         if not file.is_file():
             raise typer.BadParameter(f"{file} does not exist", param_hint="--file")
@@ -189,29 +206,32 @@ def verify(
         key = SealKey.load(_key_path(settings))
         keys = {key.key_id: key.public_key}
     if seals is None and mirror_path(settings.data_dir).is_file():
-        held = _held_seals(mirror_path(settings.data_dir))
+        held = _mirrored_seals(mirror_path(settings.data_dir))
     try:
         source = open_log(parsed)
     except Exception as error:  # any driver error: say what could not be opened
         console.print(f"[red]cannot open {where}:[/red] {error}")
         raise typer.Exit(2) from None
-    with _progress(source.max_position(), "verifying log") as advance:
-        try:
-            report = verify_log(
-                source, trusted_keys=keys or None, held_seals=held, progress=advance
-            )
-        finally:
-            source.close()
+    report = verify_source(source, trusted_keys=keys or None, held_seals=held)
     _print(report, where, untrusted=not keys and not trust_embedded_keys)
 
 
-def _held_seals(path: Path) -> list[Seal]:
+def _held_seals(path: Path) -> HeldSeals:
+    """Seals from a file given with --seals: a file that is not one is a usage error."""
     if not path.is_file():
         raise typer.BadParameter(f"{path} does not exist", param_hint="--seals")
     try:
         return read_held_seals(path)
-    except ValueError as error:  # orjson's decode error is a ValueError too
+    except (OSError, ValueError) as error:  # orjson's decode error is a ValueError too
         raise typer.BadParameter(f"{path}: {error}", param_hint="--seals") from None
+
+
+def _mirrored_seals(path: Path) -> HeldSeals:
+    """The server's own seal copies, read by default: damage is reported, never fatal."""
+    try:
+        return read_held_seals(path)
+    except (OSError, ValueError) as error:
+        return HeldSeals(notes=[f"the seal copies in {path} could not be read ({error})"])
 
 
 def _describe(parsed: DatabaseUrl) -> str:
@@ -229,7 +249,9 @@ def _print(report: Report, what: str, untrusted: bool = False) -> None:
             soft_wrap=True,
         )
     for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    if report.partial:
+        what = f"{what} (PARTIAL export: only the checks listed in the notes were made)"
     summary = (
         f"{report.events} events through position {report.last_position}, "
         f"head {report.head}, {report.seals} seals, sealed through {report.sealed_through} "

@@ -58,28 +58,28 @@ def hashed_bytes(stream: str, version: int, topic: str, stored: bytes, hash_: st
     serialiser formats numbers, and any changed byte outside the member changes it.
     """
     member = b'"hash":"' + hash_.encode("utf-8") + b'"'
-    if stored.count(member) != 1:
-        raise ValueError("the stored state does not hold its hash member exactly once")
-    start = stored.index(member)
+    start = stored.find(member)
     end = start + len(member)
+    if start < 0 or stored.find(member, end) >= 0:
+        raise ValueError("the stored state does not hold its hash member exactly once")
     if stored[end : end + 1] == b",":
-        state = stored[:start] + stored[end + 1 :]
+        before, after = stored[:start], stored[end + 1 :]
     elif stored[start - 1 : start] == b",":
-        state = stored[: start - 1] + stored[end:]
+        before, after = stored[: start - 1], stored[end:]
     else:
-        state = stored[:start] + stored[end:]
+        before, after = stored[:start], stored[end:]
     return b"".join(
-        [
+        (
             b'{"state":',
-            state,
+            before,
+            after,
             b',"stream":',
             canonical_json(stream),
             b',"topic":',
             canonical_json(topic),
             b',"version":',
-            str(version).encode("ascii"),
-            b"}",
-        ]
+            b"%d}" % version,
+        )
     )
 
 

@@ -18,9 +18,16 @@ from uuid import UUID
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ecrf.ledger.export import FORMAT
+from ecrf.ledger.export import FORMAT, PARTIAL_SCOPE
 from ecrf.ledger.records import LEDGER_STREAM, Record, state_bytes, stream_id
-from ecrf.ledger.seals import EXPORT_KIND, SEAL_KIND, Seal, key_id_of, load_public_key
+from ecrf.ledger.seals import (
+    EXPORT_KIND,
+    PARTIAL_EXPORT_KIND,
+    SEAL_KIND,
+    Seal,
+    key_id_of,
+    load_public_key,
+)
 from ecrf.ledger.verify import Kind, Problem, Report, read_ledger_stream, verify_records
 
 BATCH = 2000
@@ -55,6 +62,7 @@ class SqliteLog:
         # Read-only: verification must never be able to change what it checks.
         self._conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
         self._table = '"' + table.replace('"', '""') + '"'
+        self._ids: dict[object, str] = {}
 
     def records(self, after: int = 0) -> Iterator[Record]:
         """Every record after ``after``, in rowid order, read in pages."""
@@ -65,7 +73,7 @@ class SqliteLog:
                 (after, BATCH),
             ).fetchall()
             for row in rows:
-                yield _record(row)
+                yield _record(row, self._ids)
             if len(rows) < BATCH:
                 return
             after = int(rows[-1][0])
@@ -77,7 +85,7 @@ class SqliteLog:
             f"FROM {self._table} WHERE originator_id = ? ORDER BY rowid",
             (UUID(stream).hex,),
         ).fetchall()
-        return [_record(row) for row in rows]
+        return [_record(row, self._ids) for row in rows]
 
     def max_position(self) -> int:
         """The last rowid."""
@@ -97,6 +105,7 @@ class PostgresLog:
 
         self._conn = psycopg.connect(conninfo, autocommit=True)
         self._table = f'"{schema.replace(chr(34), "")}"."{table.replace(chr(34), "")}"'
+        self._ids: dict[object, str] = {}
 
     def records(self, after: int = 0) -> Iterator[Record]:
         """Every record after ``after``, in notification id order, read in pages."""
@@ -108,7 +117,7 @@ class PostgresLog:
                 (after, BATCH),
             ).fetchall()
             for row in rows:
-                yield _record(row)
+                yield _record(row, self._ids)
             if len(rows) < BATCH:
                 return
             after = int(rows[-1][0])
@@ -120,7 +129,7 @@ class PostgresLog:
             f"FROM {self._table} WHERE originator_id = %s ORDER BY notification_id",
             (UUID(stream),),
         ).fetchall()
-        return [_record(row) for row in rows]
+        return [_record(row, self._ids) for row in rows]
 
     def max_position(self) -> int:
         """The last notification id."""
@@ -132,30 +141,49 @@ class PostgresLog:
         self._conn.close()
 
 
-def _record(row: Sequence[Any]) -> Record:
-    return Record(
-        position=int(row[0]),
-        stream=stream_id(row[1]),
-        version=int(row[2]),
-        topic=str(row[3]),
-        state=state_bytes(row[4]),
-    )
+def _record(row: Sequence[Any], ids: dict[object, str]) -> Record:
+    raw = row[1]
+    stream = ids.get(raw)
+    if stream is None:
+        # Parsing a UUID per row was a sixth of the verify time; a stream's events share
+        # their id, so each distinct stored value is converted once (memory grows with
+        # streams, as the verifier's own state does).
+        stream = ids[raw] = stream_id(raw)
+    return Record(int(row[0]), stream, int(row[2]), str(row[3]), state_bytes(row[4]))
+
+
+@dataclass
+class HeldSeals:
+    """Seals kept outside the database, with what was wrong reading them."""
+
+    seals: list[Seal] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    """Lines that are not seals (corruption, or a file that is not a seal copy)."""
+    notes: list[str] = field(default_factory=list)
+    """Harmless findings: a final line cut short by a crash while it was appended."""
+
+
+def _held(held_seals: HeldSeals | Sequence[Seal]) -> HeldSeals:
+    return held_seals if isinstance(held_seals, HeldSeals) else HeldSeals(list(held_seals))
 
 
 def verify_log(
     source: LogSource,
     *,
     trusted_keys: dict[str, Ed25519PublicKey] | None,
-    held_seals: Sequence[Seal] = (),
+    held_seals: HeldSeals | Sequence[Seal] = (),
     progress: Callable[[Record], None] | None = None,
 ) -> Report:
     """Verify a live log: the ledger stream first, then every record in order."""
+    held = _held(held_seals)
     ledger = read_ledger_stream(source.stream_records(LEDGER_STREAM))
     return verify_records(
         source.records(),
         ledger,
         trusted_keys=trusted_keys,
-        external_seals=held_seals,
+        external_seals=held.seals,
+        problems=held.problems,
+        notes=held.notes,
         progress=progress,
     )
 
@@ -171,6 +199,13 @@ class ExportScan:
     ledger_records: list[Record] = field(default_factory=list)
     events: int = 0
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """Whether the export is partial: its signed end record says so, else its header."""
+        if self.end is not None:
+            return self.end.kind == PARTIAL_EXPORT_KIND
+        return self.header.get("scope") == PARTIAL_SCOPE
 
 
 class ExportFile:
@@ -204,7 +239,12 @@ class ExportFile:
                 elif kind == "end":
                     if scan.end is not None:
                         raise ValueError("a second end record")
-                    scan.end = Seal.from_dict(line, kind=EXPORT_KIND)
+                    # The kind is part of the signed message: a partial end record
+                    # passed off as a full one (or the reverse) fails its signature.
+                    partial = line.get("scope") == PARTIAL_SCOPE
+                    scan.end = Seal.from_dict(
+                        line, kind=PARTIAL_EXPORT_KIND if partial else EXPORT_KIND
+                    )
                 elif kind == "event":
                     record = _event(line)
                     scan.events += 1
@@ -219,6 +259,18 @@ class ExportFile:
         if scan.header.get("format") != FORMAT:
             scan.problems.append(
                 Problem(Kind.UNREADABLE, None, None, None, f"not an {FORMAT} file (no header)")
+            )
+        elif scan.end is not None and (scan.header.get("scope") == PARTIAL_SCOPE) != scan.partial:
+            said = "partial" if scan.header.get("scope") == PARTIAL_SCOPE else "full"
+            scan.problems.append(
+                Problem(
+                    Kind.BAD_SEAL,
+                    None,
+                    None,
+                    None,
+                    f"the header calls the export {said}, but its signed end record is "
+                    f"of a {'partial' if scan.partial else 'full'} export",
+                )
             )
         return scan
 
@@ -256,10 +308,14 @@ def verify_export(
     path: Path,
     *,
     trusted_keys: dict[str, Ed25519PublicKey] | None,
-    held_seals: Sequence[Seal] = (),
+    held_seals: HeldSeals | Sequence[Seal] = (),
     progress: Callable[[Record], None] | None = None,
 ) -> Report:
-    """Verify an export file; without trusted keys, the keys in its header are used."""
+    """Verify an export file; without trusted keys, the keys in its header are used.
+
+    A partial export (a monitor's) is verified stream by stream: see `Verifier`.
+    """
+    held = _held(held_seals)
     export = ExportFile(path)
     scan = export.scan()
     ledger = read_ledger_stream(scan.ledger_records)
@@ -270,20 +326,77 @@ def verify_export(
         export.records(),
         ledger,
         trusted_keys=trusted_keys,
-        external_seals=[*held_seals, *scan.held_seals],
+        external_seals=[*held.seals, *scan.held_seals],
         end=scan.end,
         expect_end=True,
-        problems=scan.problems,
+        problems=[*held.problems, *scan.problems],
+        notes=held.notes,
+        partial=scan.partial,
         progress=progress,
     )
 
 
-def read_held_seals(path: Path) -> list[Seal]:
-    """Seals kept outside the database: a mirror file (JSON lines) or a saved JSON array."""
+def read_held_seals(path: Path) -> HeldSeals:
+    """Seals kept outside the database: a mirror file (JSON lines) or a saved JSON array.
+
+    The mirror is appended to one line at a time, so a crash can leave its last line cut
+    short: such a line is skipped with a note (the seal is still in the log). Any other
+    line that is not a seal is reported as a problem, never raised.
+    A JSON array (a saved ``GET /ledger/seals``) that does not parse raises ``ValueError``.
+    """
     text = path.read_bytes()
     stripped = text.lstrip()
     if stripped.startswith(b"["):
         values = orjson.loads(stripped)
-    else:
-        values = [orjson.loads(line) for line in text.splitlines() if line.strip()]
-    return [Seal.from_dict(value, kind=SEAL_KIND) for value in values]
+        if not isinstance(values, list):
+            raise ValueError("not a JSON array of seals")
+        held = HeldSeals()
+        for number, value in enumerate(values, start=1):
+            _add_seal(held, value, f"{path.name} item {number}")
+        return held
+    return _read_mirror(path.name, text)
+
+
+def _read_mirror(name: str, text: bytes) -> HeldSeals:
+    held = HeldSeals()
+    lines = text.split(b"\n")
+    # Everything after the last newline is the line being appended when the writer
+    # stopped; a complete file ends with a newline, so this is normally empty.
+    complete, tail = lines[:-1], lines[-1]
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            held.problems.append(_bad_copy(f"{name} line {number} is not JSON ({error})"))
+            continue
+        _add_seal(held, value, f"{name} line {number}")
+    if tail.strip():
+        try:
+            value = orjson.loads(tail)
+        except orjson.JSONDecodeError:
+            held.notes.append(
+                f"{name}: the last line ({len(tail)} bytes, no newline) was cut short while "
+                "it was written, as a crash mid-append leaves it; it was skipped"
+            )
+        else:
+            _add_seal(held, value, f"{name} line {len(complete) + 1}")
+    return held
+
+
+def _add_seal(held: HeldSeals, value: Any, where: str) -> None:
+    try:
+        held.seals.append(Seal.from_dict(value, kind=SEAL_KIND))
+    except ValueError as error:
+        held.problems.append(_bad_copy(f"{where}: {error}"))
+
+
+def _bad_copy(detail: str) -> Problem:
+    return Problem(
+        Kind.BAD_SEAL,
+        None,
+        LEDGER_STREAM,
+        None,
+        f"a seal copy kept outside the database is unreadable: {detail}",
+    )

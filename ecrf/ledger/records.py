@@ -7,6 +7,7 @@ classes whose topics and stream ids they name (a test checks that they agree).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from uuid import UUID
 
 LEDGER_STREAM = "79da0450-bec6-5af3-8727-e619c0f43db6"
@@ -15,6 +16,8 @@ SEALED_TOPIC = "ecrf.domain.ledger:Ledger.Sealed"
 """Topic of a seal event."""
 KEY_ADDED_TOPIC = "ecrf.domain.ledger:Ledger.KeyAdded"
 """Topic of an event recording a signing key."""
+MIRROR_FILE = "seals.jsonl"
+"""The file in the data directory where the server keeps a copy of every seal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +52,8 @@ def state_bytes(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"a stored state of type {type(value).__name__}")
+
+
+def mirror_path(data_dir: Path) -> Path:
+    """Where seals are kept outside the database (one JSON seal per line)."""
+    return data_dir / MIRROR_FILE

@@ -34,6 +34,9 @@ SEAL_KIND = "seal"
 """A seal recorded in the log by the ledger follower."""
 EXPORT_KIND = "export"
 """The signed end record of an export file; never stored in the log."""
+PARTIAL_EXPORT_KIND = "partial_export"
+"""The signed end record of a partial (site-limited) export: its head covers only the
+included events, and its ``streams`` list every included stream's last version."""
 
 Tip = tuple[int, str]
 """A stream's last version and that event's hash."""
@@ -272,6 +275,7 @@ __all__ = [
     "ALGORITHM",
     "EXPORT_KIND",
     "GENESIS",
+    "PARTIAL_EXPORT_KIND",
     "SEAL_KIND",
     "Seal",
     "SealKey",

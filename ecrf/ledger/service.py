@@ -1,7 +1,8 @@
 """The ledger wired to a running application: follow the log, seal it, serve it.
 
 `LedgerService` keeps the running head from the last seal onward (recomputed on start,
-then extended as the log grows), records a seal every ``seal_interval`` events, on
+then extended as the log grows), records a seal every ``seal_interval`` events, when
+something has waited longer than ``seal_max_age_seconds`` since the last seal, on
 demand and at shutdown, and serves events, keys, seals, verification and the export.
 Seals are `Ledger` events saved through the application, so they are chained too; a
 copy of each is appended to ``<data dir>/seals.jsonl`` so that a log cut short in the
@@ -10,6 +11,7 @@ database still shows against seals kept outside it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -17,8 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -27,13 +28,20 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError
 
 from ecrf.domain.access import SITE_BOUND_ROLES, SYSTEM, Action, Actor
-from ecrf.domain.errors import ConflictError, ForbiddenError
+from ecrf.domain.errors import ConflictError
 from ecrf.domain.ids import ledger_stream
 from ecrf.domain.ledger import Ledger
 from ecrf.ledger.chain import GENESIS, HASH_FIELD, PREV_HASH_FIELD, stored_event_hash
 from ecrf.ledger.export import export_lines
-from ecrf.ledger.readers import BATCH, read_held_seals, verify_log
-from ecrf.ledger.records import LEDGER_STREAM, SEALED_TOPIC, Record, state_bytes, stream_id
+from ecrf.ledger.readers import BATCH, HeldSeals, read_held_seals, verify_log
+from ecrf.ledger.records import (
+    LEDGER_STREAM,
+    SEALED_TOPIC,
+    Record,
+    mirror_path,
+    state_bytes,
+    stream_id,
+)
 from ecrf.ledger.seals import (
     ALGORITHM,
     Seal,
@@ -125,6 +133,16 @@ class _Segment:
     broken: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EventPage:
+    """A page of ``GET /ledger/events`` and where the next page starts."""
+
+    events: list[dict[str, Any]]
+    next_after: int
+    """The ``after`` of the next page: the last event returned, or, when the log ended
+    first, the last position read (later events the caller may not see were skipped)."""
+
+
 class LedgerService:
     """Follows one application's log: seals, verification and the export."""
 
@@ -132,6 +150,7 @@ class LedgerService:
         self.application = application
         settings = application.settings
         self.interval = settings.seal_interval
+        self.max_age = settings.seal_max_age_seconds
         self.key_path = settings.seal_key_file or settings.data_dir / "seal-key.pem"
         self.mirror_path = mirror_path(settings.data_dir)
         self.log = RecorderLog(application.recorder, application.table)
@@ -141,6 +160,8 @@ class LedgerService:
         self._segment: _Segment | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._since = datetime.now(UTC)
+        """Before the first seal, pending events count as waiting from this moment."""
 
     @property
     def key(self) -> SealKey:
@@ -258,24 +279,45 @@ class LedgerService:
     def _mirror(self, seal: Seal) -> None:
         """Append the seal to the file kept outside the database."""
         self.mirror_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.mirror_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.mirror_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            # One appender at a time (several workers share the data directory), so that
+            # a torn line left by a crash is repaired by exactly one of them.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _drop_torn_line(fd, self.mirror_path)
             os.write(fd, orjson.dumps(seal.to_dict()) + b"\n")
             os.fsync(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # releases the lock
 
-    def maybe_seal(self) -> Seal | None:
-        """Seal when ``seal_interval`` events have been logged since the last seal."""
+    def maybe_seal(self, now: datetime | None = None) -> Seal | None:
+        """Seal when ``seal_interval`` events are pending, or when anything is pending and
+        the last seal is older than ``seal_max_age_seconds`` (``now``: the current time)."""
         with self._lock:
-            if self.interval <= 0 or self._catch_up(self.last_seal()).count < self.interval:
-                return None
-            return self.seal(reason=f"every {self.interval} events")
+            last = self.last_seal()
+            segment = self._catch_up(last)
+            if self.interval > 0 and segment.count >= self.interval:
+                return self.seal(reason=f"every {self.interval} events")
+            if self.max_age > 0 and segment.others > 0:
+                waited = (now or datetime.now(UTC)) - self._sealed_at(last)
+                if waited.total_seconds() >= self.max_age:
+                    return self.seal(reason=f"pending for over {self.max_age} s")
+            return None
+
+    def _sealed_at(self, last: LoggedSeal | None) -> datetime:
+        """When the last seal was signed (before any seal: when this service started)."""
+        if last is None:
+            return self._since
+        try:
+            at = datetime.fromisoformat(last.seal.at)
+        except ValueError:
+            return datetime.min.replace(tzinfo=UTC)  # unreadable: treat as long ago
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
     def start(self, poll_seconds: float = 1.0) -> None:
         """Load (or create) the key and follow the log in a background thread."""
         _ = self.key
-        if self._thread is not None or self.interval <= 0:
+        if self._thread is not None or (self.interval <= 0 and self.max_age <= 0):
             return
         self._stop.clear()
         self._thread = threading.Thread(
@@ -308,41 +350,61 @@ class LedgerService:
 
     def events(
         self, actor: Actor, after: int = 0, limit: int = 100, stream: UUID | None = None
-    ) -> list[dict[str, Any]]:
-        """Events in log order after ``after``, as regulators read them."""
-        actor.role_for(Action.READ_LEDGER)
-        if stream is not None:
-            records = self.log.stream_records(str(stream), after=after, limit=limit)
-        else:
-            page = self.application.recorder.select_notifications(
-                start=after, limit=limit, inclusive_of_start=False
-            )
-            records = [
-                Record(
-                    n.id,
-                    stream_id(n.originator_id),
-                    n.originator_version,
-                    n.topic,
-                    state_bytes(n.state),
-                )
-                for n in page
-            ]
-        views = [event_view(r) for r in records]
-        if actor.role_for(Action.READ_LEDGER) in SITE_BOUND_ROLES:
-            # A monitor sees the log of their own sites only: events stamped with another
-            # site are left out (verification and the export cover the whole log).
-            views = [v for v in views if _site_of(v) in ("", *actor.sites)]
-        return views
+    ) -> EventPage:
+        """Up to ``limit`` events the caller may see, in log order after ``after``.
 
-    def held_seals(self) -> list[Seal]:
-        """The seals kept outside the database (the mirror file), if readable."""
+        A monitor sees the events of their own sites (and those of no site) only; the
+        log is read on past other sites' events until ``limit`` are found or it ends, so
+        that a short page always means the end of the log.
+        """
+        bound = actor.role_for(Action.READ_LEDGER) in SITE_BOUND_ROLES
+        visible: list[dict[str, Any]] = []
+        cursor = after
+        # Read ahead in larger pages when most events may be another site's.
+        size = max(limit, BATCH) if bound else limit
+        while True:
+            records = self._page(cursor, size, stream)
+            for record in records:
+                view = event_view(record)
+                if not bound or _site_of(view) in ("", *actor.sites):
+                    visible.append(view)
+                    if len(visible) == limit:
+                        return EventPage(visible, record.position)
+            if len(records) < size:
+                return EventPage(visible, records[-1].position if records else cursor)
+            cursor = records[-1].position
+
+    def _page(self, after: int, limit: int, stream: UUID | None) -> list[Record]:
+        if stream is not None:
+            return self.log.stream_records(str(stream), after=after, limit=limit)
+        page = self.application.recorder.select_notifications(
+            start=after, limit=limit, inclusive_of_start=False
+        )
+        return [
+            Record(
+                n.id,
+                stream_id(n.originator_id),
+                n.originator_version,
+                n.topic,
+                state_bytes(n.state),
+            )
+            for n in page
+        ]
+
+    def held_seals(self) -> HeldSeals:
+        """The seals kept outside the database (the mirror file), with what was unreadable."""
         if not self.mirror_path.exists():
-            return []
+            return HeldSeals()
         try:
-            return read_held_seals(self.mirror_path)
-        except ValueError as error:
+            held = read_held_seals(self.mirror_path)
+        except (OSError, ValueError) as error:
             logger.error("unreadable seal mirror %s: %s", self.mirror_path, error)
-            return []
+            return HeldSeals(notes=[f"the seal copies in {self.mirror_path} are unreadable"])
+        for problem in held.problems:
+            logger.error("seal mirror %s: %s", self.mirror_path, problem.detail)
+        for note in held.notes:
+            logger.warning("seal mirror %s: %s", self.mirror_path, note)
+        return held
 
     def keys(self, actor: Actor) -> list[dict[str, str]]:
         """Every signing key recorded in the ledger, and the current one."""
@@ -378,13 +440,15 @@ class LedgerService:
         )
 
     def export(self, actor: Actor) -> Iterator[bytes]:
-        """The export, line by line (checks the caller before the first line)."""
-        if actor.role_for(Action.READ_LEDGER) in SITE_BOUND_ROLES:
-            # The export must be byte-exact to verify, so it cannot leave other sites out.
-            raise ForbiddenError(
-                "the full log spans every site; a data manager or regulator exports it"
-            )
-        return export_lines(self.log.records(), self.key, self._keys(), self.held_seals())
+        """The export, line by line (checks the caller before the first line).
+
+        A monitor gets a partial export: the streams of their sites and the ledger
+        stream, which `ecrf verify --file` checks stream by stream against the seals.
+        """
+        role = actor.role_for(Action.READ_LEDGER)
+        sites = actor.sites if role in SITE_BOUND_ROLES else None
+        held = self.held_seals().seals
+        return export_lines(self.log.records(), self.key, self._keys(), held, sites=sites)
 
 
 def _hash_holds(record: Record) -> bool:
@@ -446,6 +510,28 @@ def _timestamp(value: Any) -> datetime | None:
     return None
 
 
-def mirror_path(data_dir: Path) -> Path:
-    """Where seals are kept outside the database."""
-    return data_dir / "seals.jsonl"
+def _drop_torn_line(fd: int, path: os.PathLike[str] | str) -> None:
+    """Cut an unfinished last line (a crash mid-append) so the next seal starts clean.
+
+    The cut bytes never formed a seal: each seal is written with its newline in one
+    write, after its event is committed, so the seal itself is still in the log. A last
+    line that is whole JSON but lacks its newline (written by hand) only gets the newline.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    keep = size
+    while keep > 0:
+        start = max(0, keep - 65536)
+        newline = os.pread(fd, keep - start, start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        keep = start
+    try:
+        orjson.loads(os.pread(fd, size - keep, keep))
+    except orjson.JSONDecodeError:
+        os.ftruncate(fd, keep)
+        logger.warning("seal mirror %s: dropped a torn last line of %d bytes", path, size - keep)
+    else:
+        os.write(fd, b"\n")

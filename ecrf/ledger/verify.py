@@ -13,6 +13,12 @@ Seals are read first (they are events of the ledger stream, stored after the pos
 they cover), so that each can be checked when the walk passes its position. After a
 seal that does not match, the walk continues from the signed head, so every problem is
 reported in the segment between two seals where it happened.
+
+A *partial* log (a monitor's export: the streams of some sites plus the ledger stream)
+cannot reproduce the running head, which folds in every site's events. For it, check 3
+is done stream by stream: each seal's signature, and the tip of every included stream
+against the ``[version, hash]`` the seal signed for it; the head is checked only against
+the export's own signed end record, which covers exactly the included events.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ecrf.ledger.chain import GENESIS, HASH_FIELD, PREV_HASH_FIELD, stored_event
 from ecrf.ledger.records import KEY_ADDED_TOPIC, LEDGER_STREAM, SEALED_TOPIC, Record
 from ecrf.ledger.seals import (
     EXPORT_KIND,
+    PARTIAL_EXPORT_KIND,
     SEAL_KIND,
     Seal,
     head_hash_of,
@@ -122,6 +129,8 @@ class Report:
     unsealed: int
     problems: list[Problem]
     notes: list[str] = field(default_factory=list)
+    partial: bool = False
+    """True for a partial export: some checks could not be made (see ``notes``)."""
 
     @property
     def ok(self) -> bool:
@@ -140,6 +149,7 @@ class Report:
             "unsealed": self.unsealed,
             "problems": [p.to_dict() for p in self.problems],
             "notes": self.notes,
+            "partial": self.partial,
         }
 
 
@@ -240,13 +250,18 @@ class Verifier:
         end: Seal | None = None,
         expect_end: bool = False,
         problems: Sequence[Problem] = (),
+        notes: Sequence[str] = (),
+        partial: bool = False,
     ) -> None:
         self.problems: list[Problem] = list(problems) + list(ledger.problems)
-        self.notes: list[str] = []
+        self.notes: list[str] = list(notes)
         self._trusted = trusted_keys
         self._ledger = ledger
         self._end = end
         self._expect_end = expect_end
+        self._partial = partial
+        self._unchecked: set[str] = set()
+        """Streams the seals record that a partial log does not hold (not checked)."""
         self._streams: dict[str, _Tip] = {}
         self._expected: dict[str, tuple[int, str]] = {}
         self._dirty: dict[str, list[tuple[int, str | None, int]]] = {}
@@ -270,6 +285,13 @@ class Verifier:
         )
         self._log_signatures = {s.seal.signature for s in ledger.seals}
         self._external = [c for c in self._checkpoints if c.source == "external"]
+        end_valid = any(c.valid for c in self._checkpoints if c.source == "end")
+        self._scope: set[str] | None = (
+            {*end.streams, LEDGER_STREAM} if partial and end is not None and end_valid else None
+        )
+        """A partial log's streams as its signed end record lists them (``None``: unknown)."""
+        self._log_end = end.position if partial and end is not None and end_valid else 0
+        """Where a partial log's source ended (its own last event may come earlier)."""
 
     # Planning ------------------------------------------------------------------
 
@@ -310,7 +332,18 @@ class Verifier:
     def _label(seal: Seal) -> str:
         if seal.kind == EXPORT_KIND:
             return f"the export end record (through position {seal.position})"
+        if seal.kind == PARTIAL_EXPORT_KIND:
+            return f"the partial export's end record (through position {seal.position})"
         return f"the seal through position {seal.position}"
+
+    def _held(self, stream: str) -> bool:
+        """Whether a stream belongs to the log being verified (always, unless partial)."""
+        if not self._partial:
+            return True
+        if self._scope is not None:
+            return stream in self._scope
+        # No trustworthy end record: judge by what the file holds so far.
+        return stream in self._streams or stream == LEDGER_STREAM
 
     def _plan(self, external_seals: Sequence[Seal]) -> list[_Checkpoint]:
         checkpoints: list[_Checkpoint] = []
@@ -376,6 +409,13 @@ class Verifier:
 
         stored, prev = self._check_event(record)
         self._head = next_head(self._head, position, stored or head_hash_of(record.state))
+        if self._scope is not None and record.stream not in self._scope:
+            self._problem(
+                Kind.INSERTED_EVENT,
+                record,
+                "its stream is not among those the partial export's signed end record lists",
+            )
+            return
         self._link(record, stored, prev)
 
     def _check_event(self, record: Record) -> tuple[str | None, str | None]:
@@ -504,6 +544,9 @@ class Verifier:
 
     def _checkpoint(self, checkpoint: _Checkpoint) -> None:
         seal = checkpoint.seal
+        if self._partial and checkpoint.source != "end":
+            self._stream_checkpoint(checkpoint)
+            return
         if not checkpoint.valid:
             # An unverifiable seal says nothing trustworthy: take the log's own tips as
             # the baseline so that the next good seal is compared like-for-like.
@@ -531,6 +574,28 @@ class Verifier:
             expected = seal.streams.get(stream) or self._expected.get(stream)
             self._compare(stream, expected, seal)
         self._expected.update(seal.streams)
+        self._dirty.clear()
+
+    def _stream_checkpoint(self, checkpoint: _Checkpoint) -> None:
+        """A log seal met in a partial log: compare the tips of the streams it holds.
+
+        The signed head folds in every stream, so it is not compared here; a stream the
+        seal records that the partial log does not hold is noted as unchecked, not missing.
+        """
+        seal = checkpoint.seal
+        held = {s for s in seal.streams if self._held(s)}
+        self._unchecked.update(s for s in seal.streams if s not in held)
+        if not checkpoint.valid:
+            for stream in held | set(self._dirty):
+                tip = self._streams.get(stream)
+                if tip is not None and tip.hash is not None:
+                    self._expected[stream] = (tip.version, tip.hash)
+            self._dirty.clear()
+            return
+        for stream in sorted(held | set(self._dirty)):
+            expected = seal.streams.get(stream) or self._expected.get(stream)
+            self._compare(stream, expected, seal)
+        self._expected.update({s: seal.streams[s] for s in held})
         self._dirty.clear()
 
     def _compare(self, stream: str, expected: tuple[int, str] | None, seal: Seal) -> None:
@@ -625,11 +690,12 @@ class Verifier:
 
     def finish(self) -> Report:
         """Check what remains (seals beyond the end, seals missing from the log)."""
+        end_of_log = max(self._last_position, self._log_end)
         while self._next < len(self._checkpoints):
             checkpoint = self._checkpoints[self._next]
             self._next += 1
             seal = checkpoint.seal
-            if seal.position <= self._last_position:
+            if seal.position <= end_of_log:
                 self._checkpoint(checkpoint)
                 continue
             if not checkpoint.valid:
@@ -640,7 +706,7 @@ class Verifier:
                     seal.position,
                     None,
                     None,
-                    f"the log ends at position {self._last_position}, but "
+                    f"the log ends at position {end_of_log}, but "
                     f"{self._label(seal)} covers through {seal.position}",
                 )
             )
@@ -648,16 +714,16 @@ class Verifier:
             seal = checkpoint.seal
             if not checkpoint.valid or seal.event_position is None:
                 continue
-            if seal.position > self._last_position:
+            if seal.position > end_of_log:
                 continue  # already reported as truncated
-            if seal.event_position > self._last_position:
+            if seal.event_position > end_of_log:
                 self.problems.append(
                     Problem(
                         Kind.TRUNCATED,
                         seal.event_position,
                         LEDGER_STREAM,
                         None,
-                        f"the log ends at position {self._last_position}, but "
+                        f"the log ends at position {end_of_log}, but "
                         f"{self._label(seal)} was recorded at position {seal.event_position}",
                     )
                 )
@@ -682,6 +748,8 @@ class Verifier:
                     "the export has no end record: the file is incomplete or was cut short",
                 )
             )
+        if self._partial:
+            self.notes.extend(self._partial_notes())
         self.problems.sort(key=_problem_order)
         return Report(
             events=self._events,
@@ -692,7 +760,31 @@ class Verifier:
             unsealed=self._unsealed,
             problems=self.problems,
             notes=self.notes,
+            partial=self._partial,
         )
+
+    def _partial_notes(self) -> list[str]:
+        """What a partial log could not show, said plainly."""
+        unchecked = self._unchecked - set(self._streams) - (self._scope or set())
+        notes = [
+            f"partial export: it holds {len(self._streams)} streams (some sites' casebooks "
+            "and the ledger stream with its seals and keys), not the whole log",
+            "checked: every included event's hash and its stream's chain, every seal's "
+            "signature, each included stream's last version and hash against every seal "
+            "that records it, and the running head over the included events against the "
+            "export's signed end record",
+            "not checked: the running head at each seal (it folds in every site's events, "
+            f"and this file holds only some); the {len(unchecked)} streams the seals record "
+            "that are not in this file (other sites, accounts, the study and dose "
+            "escalation): they are out of scope, not missing; verify a full export or the "
+            "database for them",
+        ]
+        if self._scope is None:
+            notes.append(
+                "the end record is missing or does not verify, so the streams the export "
+                "should hold are not known: a whole stream removed from the file would not show"
+            )
+        return notes
 
 
 def _problem_order(problem: Problem) -> tuple[int, int]:
@@ -708,9 +800,11 @@ def verify_records(
     end: Seal | None = None,
     expect_end: bool = False,
     problems: Sequence[Problem] = (),
+    notes: Sequence[str] = (),
+    partial: bool = False,
     progress: Callable[[Record], None] | None = None,
 ) -> Report:
-    """Verify a whole log given in order, with its ledger stream read beforehand."""
+    """Verify a whole (or, with ``partial``, a site-limited) log given in order."""
     verifier = Verifier(
         ledger,
         trusted_keys=trusted_keys,
@@ -718,6 +812,8 @@ def verify_records(
         end=end,
         expect_end=expect_end,
         problems=problems,
+        notes=notes,
+        partial=partial,
     )
     for record in records:
         verifier.feed(record)

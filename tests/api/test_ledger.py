@@ -8,11 +8,15 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from ecrf.api.app import create_app
 from ecrf.application import EcrfApplication
+from ecrf.cli import app as cli
 from ecrf.config import Settings
+from ecrf.domain.ids import subject_stream
 from ecrf.ledger.readers import verify_export
+from ecrf.ledger.records import LEDGER_STREAM
 from ecrf.ledger.seals import Seal, key_id_of, load_public_key, verify_seal
 from tests.api.conftest import PASSWORD, Api
 
@@ -38,11 +42,30 @@ def _casebook(api: Api) -> str:
     return subject_id
 
 
-def _events(api: Api, **params: Any) -> list[dict[str, Any]]:
-    response = api.get("fda", "/ledger/events", params=params)
+def _events(api: Api, user: str = "fda", **params: Any) -> list[dict[str, Any]]:
+    response = api.get(user, "/ledger/events", params=params)
     assert response.status_code == 200, response.text
     events: list[dict[str, Any]] = response.json()
     return events
+
+
+def _second_site(api: Api) -> None:
+    """Add site RJH with its own site staff (logged in now, so later logs stay quiet)."""
+    assert api.post("admin", "/sites", {"site_id": "RJH", "name": "Ruijin"}).is_success
+    api.user("rjh_crc", ["site_staff"], ["RJH"])
+    api.headers("rjh_crc")
+
+
+def _register(api: Api, user: str, site: str, number: str) -> str:
+    response = api.post(user, "/subjects", {"site": site, "screening_number": number})
+    assert response.status_code == 201, response.text
+    subject_id: str = response.json()["subject_id"]
+    return subject_id
+
+
+def _site(event: dict[str, Any]) -> str | None:
+    site: str | None = ((event["data"] or {}).get("audit") or {}).get("site")
+    return site
 
 
 class TestAccess:
@@ -51,9 +74,7 @@ class TestAccess:
     def test_regulators_monitors_and_data_managers_read(
         self, api: Api, username: str, path: str
     ) -> None:
-        # A monitor is bound to sites; the byte-exact export spans them all.
-        expected = 403 if (username, path) == ("cra", "/exports/ledger.jsonl") else 200
-        assert api.get(username, path).status_code == expected
+        assert api.get(username, path).status_code == 200
 
     def test_a_monitor_sees_only_the_events_of_their_sites(self, api: Api) -> None:
         _casebook(api)
@@ -144,6 +165,60 @@ class TestEvents:
         response = api.get("fda", "/ledger/events", params=params)
         assert response.status_code == 422
         assert response.json()["detail"]
+
+
+class TestMonitorPaging:
+    """A monitor's pages skip other sites' events but never end the listing early."""
+
+    def test_a_page_of_only_another_sites_events_is_read_past(self, api: Api) -> None:
+        _second_site(api)
+        before = _events(api, limit=1000)[-1]["position"]
+        for number in range(5):
+            _register(api, "rjh_crc", "RJH", f"R{number}")
+        chh = _register(api, "crc", "CHH", "C1")
+        response = api.get("cra", "/ledger/events", params={"after": before, "limit": 3})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        # Six events follow: five of RJH, then CHH's; the monitor's page is CHH's.
+        assert [e["stream"] for e in page] == [str(subject_stream(chh))]
+        assert int(response.headers["X-Next-After"]) == page[-1]["position"]
+
+    def test_paging_through_gives_every_visible_event_once(self, api: Api) -> None:
+        _second_site(api)
+        for number in range(4):
+            _register(api, "rjh_crc", "RJH", f"R{number}")
+            _register(api, "rjh_crc", "RJH", f"Q{number}")
+            _register(api, "crc", "CHH", f"C{number}")
+        everything = _events(api, "cra", limit=1000)
+        assert "RJH" not in {_site(e) for e in everything}
+        pages: list[list[dict[str, Any]]] = []
+        after = 0
+        while True:
+            response = api.get("cra", "/ledger/events", params={"after": after, "limit": 2})
+            assert response.status_code == 200
+            pages.append(response.json())
+            after = int(response.headers["X-Next-After"])
+            if len(pages[-1]) < 2:
+                break
+        # Every page but the last is full: a short page means the end of the log.
+        assert all(len(page) == 2 for page in pages[:-1])
+        assert [e for page in pages for e in page] == everything
+        assert _events(api, "cra", after=after) == []
+
+    def test_the_hint_is_the_last_position_for_unbound_readers(self, api: Api) -> None:
+        response = api.get("fda", "/ledger/events", params={"limit": 2})
+        assert int(response.headers["X-Next-After"]) == response.json()[-1]["position"]
+        last = _events(api, limit=1000)[-1]["position"]
+        response = api.get("fda", "/ledger/events", params={"after": last})
+        assert response.json() == []
+        assert int(response.headers["X-Next-After"]) == last
+
+    def test_a_monitor_reading_another_sites_stream_gets_nothing(self, api: Api) -> None:
+        _second_site(api)
+        rjh = _register(api, "rjh_crc", "RJH", "R1")
+        stream = str(subject_stream(rjh))
+        assert len(_events(api, stream=stream)) == 1
+        assert _events(api, "cra", stream=stream) == []
 
 
 class TestKeysAndSeals:
@@ -240,6 +315,89 @@ class TestExport:
         report = verify_export(path, trusted_keys={key_id_of(key): key})
         assert report.ok, [str(p) for p in report.problems]
         assert report.sealed_through > 0
+
+
+class TestMonitorExport:
+    """A monitor's export: their sites' casebooks and the ledger stream, verifiable."""
+
+    def _export(self, api: Api, tmp_path: Path) -> tuple[Path, list[dict[str, Any]], str]:
+        _second_site(api)
+        chh = _casebook(api)
+        rjh = _register(api, "rjh_crc", "RJH", "R1")
+        assert api.post("fda", "/ledger/seals").status_code == 201
+        _register(api, "crc", "CHH", "C2")  # after the seal: unsealed
+        _register(api, "rjh_crc", "RJH", "R2")
+        response = api.get("cra", "/exports/ledger.jsonl")
+        assert response.status_code == 200, response.text
+        path = tmp_path / "monitor.jsonl"
+        path.write_bytes(response.content)
+        lines = [orjson.loads(line) for line in response.content.splitlines()]
+        self.streams = {str(subject_stream(chh)), str(subject_stream("CHH-C2")), LEDGER_STREAM}
+        self.others = {str(subject_stream(rjh)), str(subject_stream("RJH-R2"))}
+        pem: str = api.get("cra", "/ledger/keys").json()[0]["public_key_pem"]
+        return path, lines, pem
+
+    def test_it_says_it_is_partial_and_holds_only_the_monitors_sites(
+        self, api: Api, tmp_path: Path
+    ) -> None:
+        _, lines, _ = self._export(api, tmp_path)
+        header = lines[0]
+        assert header["kind"] == "header"
+        assert header["scope"] == "partial"
+        assert header["sites"] == ["CHH"]
+        assert "partial" in header["note"]
+        assert lines[-1]["kind"] == "end"
+        assert lines[-1]["scope"] == "partial"
+        events = [line for line in lines if line["kind"] == "event"]
+        assert {e["stream"] for e in events} == self.streams
+        # Nothing of another site, and no account records (password hashes) either.
+        for event in events:
+            assert "RJH" not in event["state"]
+            assert "password_hash" not in event["state"]
+        regulator = [
+            orjson.loads(x) for x in api.get("fda", "/exports/ledger.jsonl").content.splitlines()
+        ]
+        assert self.others <= {x.get("stream") for x in regulator}
+
+    def test_it_verifies_offline_and_says_what_was_not_checked(
+        self, api: Api, tmp_path: Path
+    ) -> None:
+        path, _, pem = self._export(api, tmp_path)
+        key = load_public_key(pem.encode())
+        report = verify_export(path, trusted_keys={key_id_of(key): key})
+        assert report.ok, [str(p) for p in report.problems]
+        assert report.partial
+        assert report.sealed_through > 0
+        assert any(note.startswith("partial export") for note in report.notes)
+        assert any(note.startswith("not checked: the running head") for note in report.notes)
+        key_file = tmp_path / "key.pem"
+        key_file.write_text(pem)
+        result = CliRunner().invoke(
+            cli, ["verify", "--file", str(path), "--public-key", str(key_file)]
+        )
+        assert result.exit_code == 0, result.output
+        assert "PARTIAL export" in result.output
+        assert "intact" in result.output
+
+    def test_tampering_in_it_is_detected(self, api: Api, tmp_path: Path) -> None:
+        path, lines, pem = self._export(api, tmp_path)
+        key = load_public_key(pem.encode())
+        event = next(x for x in lines if x["kind"] == "event" and '"age":56' in x["state"])
+        event["state"] = event["state"].replace('"age":56', '"age":57')
+        path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+        report = verify_export(path, trusted_keys={key_id_of(key): key})
+        assert [(p.kind.value, p.position) for p in report.problems] == [
+            ("hash_mismatch", event["position"])
+        ]
+
+    def test_the_full_export_is_unchanged_for_regulators_and_data_managers(self, api: Api) -> None:
+        for user in ("fda", "dm"):
+            lines = api.get(user, "/exports/ledger.jsonl").content.splitlines()
+            header, end = orjson.loads(lines[0]), orjson.loads(lines[-1])
+            assert set(header) == {"kind", "format", "exported_at", "keys"}
+            assert "scope" not in end
+            positions = [orjson.loads(x)["position"] for x in lines[1:-1]]
+            assert positions == [e["position"] for e in _events(api, limit=1000)]
 
 
 def test_the_server_seals_at_shutdown(api_settings: Settings) -> None:

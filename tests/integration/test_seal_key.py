@@ -62,11 +62,15 @@ def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ECRF_SEAL_INTERVAL", "50")
+    monkeypatch.setenv("ECRF_SEAL_MAX_AGE_SECONDS", "0")
     monkeypatch.setenv("ECRF_SEAL_KEY_FILE", str(tmp_path / "k.pem"))
     settings = Settings.from_env()
     assert settings.seal_interval == 50
+    assert settings.seal_max_age_seconds == 0
     assert settings.seal_key_file == tmp_path / "k.pem"
     monkeypatch.delenv("ECRF_SEAL_INTERVAL")
+    monkeypatch.delenv("ECRF_SEAL_MAX_AGE_SECONDS")
     monkeypatch.delenv("ECRF_SEAL_KEY_FILE")
     assert Settings.from_env().seal_interval == 1000
+    assert Settings.from_env().seal_max_age_seconds == 3600
     assert Settings.from_env().seal_key_file is None

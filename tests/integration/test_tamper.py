@@ -20,7 +20,7 @@ import pytest
 
 from ecrf.application import EcrfApplication
 from ecrf.cli_ledger import open_log
-from ecrf.commands import CorrectEntry, RecordEntry, RegisterSubject
+from ecrf.commands import AddSite, CorrectEntry, RecordEntry, RegisterSubject
 from ecrf.config import Settings
 from ecrf.domain.access import Actor
 from ecrf.domain.ids import ledger_stream, subject_stream
@@ -32,6 +32,9 @@ from ecrf.ledger.verify import Kind, Problem, Report
 
 CRC = Actor("crc", "Carol Chen", ("site_staff",), ("CHH",))
 FDA = Actor("fda", "Food and Drug", ("regulator",), ())
+CRA = Actor("cra", "Chris Ra", ("monitor",), ("CHH",))
+ADMIN = Actor("admin", "Ada Admin", ("admin",), ())
+RJH_CRC = Actor("rjh_crc", "Rui Jin", ("site_staff",), ("RJH",))
 
 
 class Attacker:
@@ -454,6 +457,62 @@ class TestFollower:
         finally:
             application.close()
 
+    def test_seals_what_waited_longer_than_the_maximum_age(self, settings: Settings) -> None:
+        from dataclasses import replace
+        from datetime import UTC, datetime, timedelta
+
+        application = EcrfApplication(
+            replace(settings, seal_interval=1000, seal_max_age_seconds=60)
+        )
+        try:
+            started = datetime.now(UTC)
+            application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="T1"))
+            assert application.ledger.maybe_seal(now=started + timedelta(seconds=30)) is None
+            first = application.ledger.maybe_seal(now=started + timedelta(seconds=61))
+            assert first is not None
+            assert first.reason == "pending for over 60 s"
+            assert first.position == application.max_position() - 3  # ledger, key, seal
+            at = datetime.fromisoformat(first.at)
+            # Only the seal's own events are pending: a quiet study is not re-sealed.
+            assert application.ledger.maybe_seal(now=at + timedelta(days=3)) is None
+            application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="T2"))
+            assert application.ledger.maybe_seal(now=at + timedelta(seconds=59)) is None
+            second = application.ledger.maybe_seal(now=at + timedelta(seconds=60))
+            assert second is not None
+            assert second.position == application.max_position() - 1
+        finally:
+            application.close()
+
+    def test_a_maximum_age_of_zero_disables_it(self, settings: Settings) -> None:
+        from dataclasses import replace
+        from datetime import UTC, datetime, timedelta
+
+        application = EcrfApplication(replace(settings, seal_max_age_seconds=0))
+        try:
+            application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="T1"))
+            later = datetime.now(UTC) + timedelta(days=30)
+            assert application.ledger.maybe_seal(now=later) is None
+        finally:
+            application.close()
+
+    def test_the_follower_thread_seals_a_quiet_log(self, settings: Settings) -> None:
+        import time
+        from dataclasses import replace
+
+        application = EcrfApplication(replace(settings, seal_max_age_seconds=1))
+        try:
+            application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="T1"))
+            application.ledger.start(poll_seconds=0.05)
+            deadline = time.monotonic() + 20
+            while application.ledger.last_seal() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            application.ledger.stop(seal=False)
+            last = application.ledger.last_seal()
+            assert last is not None
+            assert last.seal.reason == "pending for over 1 s"
+        finally:
+            application.close()
+
     def test_a_seal_with_nothing_new_returns_the_last(self, store: Store) -> None:
         again = store.application.ledger.seal()
         assert again == store.seals[1]
@@ -690,3 +749,164 @@ class TestExportFile:
         key = store.application.ledger.key
         report = verify_export(path, trusted_keys={key.key_id: key.public_key})
         _has(report, Kind.UNREADABLE, position=position)
+
+
+# A monitor's partial export -----------------------------------------------------------
+
+
+@pytest.fixture
+def partial(store: Store, tmp_path: Path) -> Export:
+    """The CHH monitor's export of a store that also holds a second site's casebooks."""
+    application = store.application
+    application.add_site(ADMIN, AddSite(site_id="RJH", name="Ruijin"))
+    data = application.forms.get("demographics").schema["examples"][0]
+    for number in ("R1", "R2"):
+        subject, _ = application.register_subject(
+            RJH_CRC, RegisterSubject(site="RJH", screening_number=number)
+        )
+        application.record_entry(
+            RJH_CRC, subject.subject_id, RecordEntry(form="demographics", visit="SCR", data=data)
+        )
+    assert application.ledger.seal() is not None
+    application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="S5"))
+    raw = b"".join(application.ledger.export(CRA))
+    lines = [orjson.loads(line) for line in raw.splitlines()]
+    return Export(tmp_path / "partial.jsonl", lines, application.ledger.key)
+
+
+RJH_STREAMS = {str(subject_stream("RJH-R1")), str(subject_stream("RJH-R2"))}
+
+
+class TestPartialExport:
+    def test_an_untouched_partial_export_verifies_clean(self, partial: Export) -> None:
+        report = partial.verify()
+        assert report.ok, [str(p) for p in report.problems]
+        assert report.partial
+        assert report.seals == 3
+        streams = {e["stream"] for e in partial.events()}
+        assert not streams & RJH_STREAMS
+        assert LEDGER_STREAM in streams
+        assert partial.lines[0]["scope"] == "partial"
+
+    def test_it_is_not_called_complete(self, partial: Export) -> None:
+        notes = " ".join(partial.verify().notes)
+        assert "partial export" in notes
+        assert "not checked: the running head at each seal" in notes
+        assert "out of scope, not missing" in notes
+
+    def test_one_byte_changed(self, partial: Export, store: Store) -> None:
+        line = partial.find(store.streams["S2"], 2)
+        line["state"] = line["state"].replace('"age":56', '"age":57')
+        _has(partial.verify(), Kind.HASH_MISMATCH, position=line["position"], version=2)
+
+    def test_an_event_removed_from_the_middle(self, partial: Export, store: Store) -> None:
+        partial.lines.remove(partial.find(store.streams["S1"], 2))
+        _has(partial.verify(), Kind.MISSING_EVENT, stream=str(store.streams["S1"]), version=2)
+
+    def test_a_streams_sealed_last_event_removed(self, partial: Export, store: Store) -> None:
+        partial.lines.remove(partial.find(store.streams["S3"], 2))
+        _has(
+            partial.verify(),
+            Kind.MISSING_EVENT,
+            position=store.seals[0].position,
+            stream=str(store.streams["S3"]),
+            version=2,
+        )
+
+    def test_an_unsealed_last_event_removed_shows_against_the_end_record(
+        self, partial: Export
+    ) -> None:
+        stream = subject_stream("CHH-S5")
+        partial.lines.remove(partial.find(stream, 1))
+        _has(partial.verify(), Kind.MISSING_STREAM, stream=str(stream))
+
+    def test_a_whole_stream_removed(self, partial: Export, store: Store) -> None:
+        stream = str(store.streams["S2"])
+        partial.lines = [x for x in partial.lines if x.get("stream") != stream]
+        _has(partial.verify(), Kind.MISSING_STREAM, stream=stream)
+
+    def test_another_sites_event_slipped_in(
+        self, partial: Export, export: Export, store: Store
+    ) -> None:
+        foreign = next(e for e in export.events() if e["stream"] in RJH_STREAMS)
+        at = next(
+            i
+            for i, x in enumerate(partial.lines)
+            if x["kind"] == "event" and x["position"] > foreign["position"]
+        )
+        partial.lines.insert(at, foreign)
+        _has(partial.verify(), Kind.INSERTED_EVENT, position=foreign["position"])
+
+    def test_a_seal_altered(self, partial: Export, store: Store) -> None:
+        line = next(e for e in partial.events() if e["position"] == store.seals[1].event_position)
+        seal = _stored(line["state"].encode())
+        seal["streams"] = {}
+        line["state"] = _rehash(UUID(line["stream"]), line["version"], line["topic"], seal).decode()
+        _has(partial.verify(), Kind.BAD_SIGNATURE, position=line["position"], stream=LEDGER_STREAM)
+
+    def test_relabelled_as_a_full_export(self, partial: Export) -> None:
+        del partial.lines[0]["scope"]
+        report = partial.verify()
+        assert report.partial  # the signed end record decides
+        _has(report, Kind.BAD_SEAL, position=None)
+        del partial.lines[-1]["scope"]
+        _has(partial.verify(), Kind.BAD_SIGNATURE)
+
+    def test_the_end_record_cut_off(self, partial: Export) -> None:
+        partial.lines.pop()
+        report = partial.verify()
+        _has(report, Kind.TRUNCATED, position=None)
+        assert report.partial
+        assert any("whole stream removed" in note for note in report.notes)
+
+
+# Seal copies kept outside the database ------------------------------------------------
+
+
+class TestSealMirror:
+    def test_a_torn_last_line_is_skipped_with_a_note(self, store: Store) -> None:
+        mirror = store.application.ledger.mirror_path
+        with mirror.open("ab") as handle:
+            handle.write(b'{"kind":"seal","position":99,"he')
+        held = read_held_seals(mirror)
+        assert [s.signature for s in held.seals] == [s.signature for s in store.seals]
+        assert held.problems == []
+        assert len(held.notes) == 1
+        assert store.application.ledger.held_seals().seals == held.seals
+        report = store.verify()
+        assert report.ok, [str(p) for p in report.problems]
+        assert any("cut short" in note for note in report.notes)
+
+    def test_the_next_seal_repairs_a_torn_line(self, store: Store) -> None:
+        mirror = store.application.ledger.mirror_path
+        with mirror.open("ab") as handle:
+            handle.write(b'{"kind":"seal","posi')
+        store.application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="S6"))
+        third = store.application.ledger.seal()
+        assert third is not None
+        held = read_held_seals(mirror)
+        assert [s.signature for s in held.seals] == [s.signature for s in (*store.seals, third)]
+        assert held.problems == []
+        assert held.notes == []
+
+    def test_a_whole_last_line_without_its_newline_is_kept(self, store: Store) -> None:
+        mirror = store.application.ledger.mirror_path
+        mirror.write_bytes(mirror.read_bytes().rstrip(b"\n"))
+        store.application.register_subject(CRC, RegisterSubject(site="CHH", screening_number="S6"))
+        third = store.application.ledger.seal()
+        assert third is not None
+        held = read_held_seals(mirror)
+        assert len(held.seals) == 3
+        assert held.problems == []
+
+    def test_a_corrupt_line_elsewhere_is_a_problem_not_a_crash(self, store: Store) -> None:
+        mirror = store.application.ledger.mirror_path
+        lines = mirror.read_bytes().splitlines(keepends=True)
+        mirror.write_bytes(lines[0] + b"{garbage\n" + b"".join(lines[1:]))
+        held = read_held_seals(mirror)
+        assert len(held.seals) == 2
+        [problem] = held.problems
+        assert problem.kind == Kind.BAD_SEAL
+        assert "line 2" in problem.detail
+        report = store.verify()
+        _has(report, Kind.BAD_SEAL, stream=LEDGER_STREAM)

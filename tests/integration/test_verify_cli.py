@@ -132,3 +132,51 @@ def test_the_installed_command_runs_in_a_fresh_process(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "intact" in result.stdout
+
+
+def test_a_torn_last_line_in_the_seal_copies_does_not_block_verify(
+    application: EcrfApplication, env: dict[str, str], database_url: str
+) -> None:
+    application.ledger.seal()
+    with application.ledger.mirror_path.open("ab") as handle:
+        handle.write(b'{"kind":"seal","position":12,"head":"ab')  # a crash mid-append
+    result = CliRunner().invoke(app, ["verify", "--database", database_url], env=env)
+    assert result.exit_code == 0, result.output
+    assert "intact" in result.output
+    assert "cut short" in result.output
+    assert "--seals" not in result.output
+
+
+def test_a_corrupt_seal_copy_is_reported_as_a_problem(
+    application: EcrfApplication, env: dict[str, str], database_url: str
+) -> None:
+    application.ledger.seal()
+    mirror = application.ledger.mirror_path
+    mirror.write_bytes(b"{not a seal}\n" + mirror.read_bytes())
+    result = CliRunner().invoke(app, ["verify", "--database", database_url], env=env)
+    assert result.exit_code == 1, result.output
+    assert "bad_seal" in result.output
+    assert "seals.jsonl line 1" in result.output
+
+
+def test_a_given_seals_file_that_is_not_json_is_a_usage_error(
+    application: EcrfApplication, env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    saved = tmp_path / "seals.json"
+    saved.write_text("[{")
+    result = CliRunner().invoke(
+        app, ["verify", "--database", database_url, "--seals", str(saved)], env=env
+    )
+    assert result.exit_code == 2, result.output
+
+
+def test_the_verifier_does_not_load_the_application_or_its_domain() -> None:
+    probe = (
+        "import sys, ecrf.cli_ledger; "
+        "print(sorted(m for m in sys.modules if m.startswith(('ecrf.domain', "
+        "'ecrf.application', 'ecrf.ledger.service', 'ecrf.commands'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import orjson
 import pytest
 
 from ecrf.ledger.chain import GENESIS, seal_state, stored_hash
+from ecrf.ledger.readers import read_held_seals
 from ecrf.ledger.records import KEY_ADDED_TOPIC, LEDGER_STREAM, SEALED_TOPIC, Record
 from ecrf.ledger.seals import Seal, SealKey, Tip, next_head
 from ecrf.ledger.verify import Kind, Problem, Report, read_ledger_stream, verify_records
@@ -278,3 +280,60 @@ def test_a_forged_huge_version_is_one_problem_not_millions() -> None:
     assert len(missing) == 1
     assert "9999998 events" in missing[0].detail
     assert len(report.problems) < 10
+
+
+class TestHeldSealCopies:
+    """The seal copies outside the database, as `read_held_seals` reads them."""
+
+    def _mirror(self, tmp_path: Path, log: Log) -> Path:
+        path = tmp_path / "seals.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(s.to_dict()) + b"\n" for s in log.seals))
+        return path
+
+    def test_every_seal_is_read(self, tmp_path: Path, log: Log) -> None:
+        held = read_held_seals(self._mirror(tmp_path, log))
+        assert held.seals == log.seals
+        assert held.problems == []
+        assert held.notes == []
+
+    def test_a_torn_final_line_is_skipped_with_a_note(self, tmp_path: Path, log: Log) -> None:
+        path = self._mirror(tmp_path, log)
+        torn = orjson.dumps(log.seals[0].to_dict())[:40]
+        path.write_bytes(path.read_bytes() + torn)
+        held = read_held_seals(path)
+        assert held.seals == log.seals
+        assert held.problems == []
+        [note] = held.notes
+        assert "cut short" in note
+        report = log.verify(external_seals=held.seals, notes=held.notes)
+        assert report.ok
+        assert report.notes == held.notes
+
+    def test_a_final_line_without_its_newline_that_parses_is_kept(
+        self, tmp_path: Path, log: Log
+    ) -> None:
+        path = self._mirror(tmp_path, log)
+        path.write_bytes(path.read_bytes().rstrip(b"\n"))
+        assert read_held_seals(path).seals == log.seals
+
+    @pytest.mark.parametrize("garbage", [b"{not json", b'{"kind":"seal"}', b"[1, 2]"])
+    def test_a_corrupt_line_elsewhere_is_a_problem(
+        self, tmp_path: Path, log: Log, garbage: bytes
+    ) -> None:
+        path = self._mirror(tmp_path, log)
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(lines[0] + garbage + b"\n" + b"".join(lines[1:]))
+        held = read_held_seals(path)
+        assert held.seals == log.seals
+        [problem] = held.problems
+        assert problem.kind == Kind.BAD_SEAL
+        assert "seals.jsonl line 2" in problem.detail
+        assert not log.verify(external_seals=held.seals, problems=held.problems).ok
+
+    def test_a_saved_array_of_seals(self, tmp_path: Path, log: Log) -> None:
+        path = tmp_path / "seals.json"
+        path.write_bytes(orjson.dumps([s.to_dict() for s in log.seals]))
+        assert read_held_seals(path).seals == log.seals
+        path.write_bytes(b"[{")
+        with pytest.raises(ValueError, match="unexpected end of data"):
+            read_held_seals(path)

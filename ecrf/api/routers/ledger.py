@@ -90,19 +90,43 @@ class VerificationPublic(BaseModel):
         return cls.model_validate(report.to_dict())
 
 
-@router.get("/ledger/events")
+NEXT_AFTER_HEADER = "X-Next-After"
+"""Response header of ``GET /ledger/events``: the ``after`` that continues the listing."""
+
+
+@router.get(
+    "/ledger/events",
+    responses={
+        200: {
+            "headers": {
+                NEXT_AFTER_HEADER: {
+                    "description": "Pass as `after` for the next page: the position of the "
+                    "last event returned or, when the log ended first, the last position read.",
+                    "schema": {"type": "integer"},
+                }
+            }
+        }
+    },
+)
 def ledger_events(
     application: App,
     actor: CurrentActor,
+    response: Response,
     after: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="Return events after this position.")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     stream: Annotated[UUID | None, Query(description="Only this stream's events.")] = None,
 ) -> list[LedgerEventPublic]:
-    """Stored events in commit order, paged by position (pass the last position as after)."""
-    events = application.ledger.events(actor, after=after, limit=limit, stream=stream)
-    return [LedgerEventPublic.model_validate(e) for e in events]
+    """Stored events in commit order, paged by position.
+
+    Fewer than ``limit`` events means the log ended; a monitor's page skips other sites'
+    events but is still filled up to ``limit`` while there are events they may see.
+    Continue with ``after`` = the last event's position (or the X-Next-After header).
+    """
+    page = application.ledger.events(actor, after=after, limit=limit, stream=stream)
+    response.headers[NEXT_AFTER_HEADER] = str(page.next_after)
+    return [LedgerEventPublic.model_validate(e) for e in page.events]
 
 
 @router.get("/ledger/keys")
@@ -145,7 +169,11 @@ def verify_ledger(application: App, actor: CurrentActor) -> VerificationPublic:
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 def export_ledger(application: App, actor: CurrentActor) -> StreamingResponse:
-    """The whole log as JSON lines, for `ecrf verify --file` (streamed)."""
+    """The whole log as JSON lines, for `ecrf verify --file` (streamed).
+
+    A monitor's export is partial (its header says so): the casebooks of their sites and
+    the ledger stream with its seals and keys, verified stream by stream.
+    """
     lines = application.ledger.export(actor)
     return StreamingResponse(
         lines,
