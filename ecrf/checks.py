@@ -80,32 +80,84 @@ class SoftChecks:
         found += self._plausible(entry)
         found += self._mismatch(entry)
         found += self._cell_dose(entry, assigned_dose_level)
-        unique: dict[tuple[str, str], Finding] = {(f.path, f.message): f for f in found}
-        return sorted(unique.values(), key=lambda f: (f.path, f.message))
+        return _unique(found)
+
+    def is_anchor_form(self, form: str) -> bool:
+        """Whether entries of ``form`` date an anchor that visit windows count from."""
+        return any(source.get("form") == form for source in self.anchors.values())
+
+    def visit_window_findings(
+        self, entry: EntryFacts, visit: str, others: Iterable[EntryFacts]
+    ) -> list[Finding]:
+        """The visit-window finding of ``entry`` alone (others = the subject's live entries)."""
+        others = [o for o in others if o.entry_id != entry.entry_id]
+        return _unique(self._visit_window(entry, visit, others))
+
+    def is_visit_window_message(self, visit_code: str, message: str) -> bool:
+        """Whether ``message`` is a visit-window finding at ``visit_code`` (any day)."""
+        window = self._window(visit_code)
+        return window is not None and message.startswith(f"{self._window_text(*window)} It is day ")
+
+    def date_order_partners(self, form: str) -> frozenset[str]:
+        """The other forms whose dates a date-order rule compares with dates on ``form``."""
+        return frozenset(
+            end["form"]
+            for rule in self.rules.get("date_order", [])
+            for mine, end in ((rule["earlier"], rule["later"]), (rule["later"], rule["earlier"]))
+            if mine["form"] == form and end["form"] != form
+        )
+
+    def date_order_messages(self, form: str, partner: str) -> frozenset[str]:
+        """The messages of the date-order rules that compare ``form`` with ``partner``."""
+        return frozenset(str(rule["message"]) for rule in self._pairing(form, partner))
+
+    def date_order_findings(
+        self, entry: EntryFacts, others: Iterable[EntryFacts], partner: str
+    ) -> list[Finding]:
+        """The findings of ``entry`` under the date-order rules comparing it with ``partner``."""
+        others = [o for o in others if o.entry_id != entry.entry_id]
+        return _unique(self._date_order(entry, others, self._pairing(entry.form, partner)))
+
+    def _pairing(self, form: str, partner: str) -> list[Mapping[str, Any]]:
+        return [
+            rule
+            for rule in self.rules.get("date_order", [])
+            if form != partner
+            and {rule["earlier"]["form"], rule["later"]["form"]} == {form, partner}
+        ]
 
     # The individual checks ------------------------------------------------------
+
+    def _window(self, visit_code: str) -> tuple[str, int, int, str] | None:
+        """(visit, first day, last day, anchor) of a visit that has a window."""
+        visit = self.visits.get(visit_code)
+        if visit is None or not visit.get("anchor") or visit.get("target_day") is None:
+            return None
+        start = visit["target_day"] - (visit.get("window_before") or 0)
+        end = visit["target_day"] + (visit.get("window_after") or 0)
+        return visit_code, start, end, str(visit["anchor"])
+
+    def _window_text(self, visit_code: str, start: int, end: int, anchor: str) -> str:
+        template = str(self.rules.get("visit_window_message", "Entry outside the {visit} window."))
+        return template.format(visit=visit_code, start=start, end=end, anchor=anchor)
 
     def _visit_window(
         self, entry: EntryFacts, visit_code: str, others: list[EntryFacts]
     ) -> list[Finding]:
         meta = self.catalogue.get(entry.form, {})
-        visit = self.visits.get(visit_code)
-        if not meta.get("window_check") or visit is None or not visit.get("anchor"):
+        window = self._window(visit_code)
+        if not meta.get("window_check") or window is None:
             return []
-        if visit.get("target_day") is None:
-            return []
+        _, start, end, anchor_name = window
         date_field = meta.get("date_field")
         when = self._day(entry.data.get(date_field)) if date_field else None
-        anchor = self._anchor_date(visit["anchor"], entry, others)
+        anchor = self._anchor_date(anchor_name, entry, others)
         if when is None or anchor is None:
             return []  # nothing to compare yet
-        start = visit["target_day"] - (visit.get("window_before") or 0)
-        end = visit["target_day"] + (visit.get("window_after") or 0)
         day = (when - anchor).days
         if start <= day <= end:
             return []
-        template = str(self.rules.get("visit_window_message", "Entry outside the {visit} window."))
-        message = template.format(visit=visit_code, start=start, end=end, anchor=visit["anchor"])
+        message = self._window_text(*window)
         return [Finding(f"/{date_field}", f"{message} It is day {day}.")]
 
     def _anchor_date(self, anchor: str, entry: EntryFacts, others: list[EntryFacts]) -> date | None:
@@ -122,9 +174,14 @@ class SoftChecks:
         ]
         return min(days) if days else None
 
-    def _date_order(self, entry: EntryFacts, others: list[EntryFacts]) -> list[Finding]:
+    def _date_order(
+        self,
+        entry: EntryFacts,
+        others: list[EntryFacts],
+        rules: Iterable[Mapping[str, Any]] | None = None,
+    ) -> list[Finding]:
         found = []
-        for rule in self.rules.get("date_order", []):
+        for rule in self.rules.get("date_order", []) if rules is None else rules:
             earlier, later = rule["earlier"], rule["later"]
             for mine, theirs, mine_is_earlier in ((earlier, later, True), (later, earlier, False)):
                 if mine["form"] != entry.form:
@@ -168,12 +225,16 @@ class SoftChecks:
         for rule in self.rules.get("plausible_ranges", []):
             if rule["form"] != entry.form:
                 continue
-            value = entry.data.get(rule["field"])
-            if not isinstance(value, int | float) or isinstance(value, bool):
+            value = _number(entry.data.get(rule["field"]))
+            if value is None:
                 continue
             low, high = rule.get("minimum"), rule.get("maximum")
+            # The entry's own limit (e.g. the LLOQ the lab reported for this sample) wins.
+            own = _number(entry.data.get(rule.get("minimum_field", "")))
+            low = own if own is not None else low
             if (low is not None and value < low) or (high is not None and value > high):
-                found.append(Finding(f"/{rule['field']}", str(rule["message"])))
+                message = str(rule["message"]).format(minimum=_limit(low), maximum=_limit(high))
+                found.append(Finding(f"/{rule['field']}", message))
         return found
 
     def _mismatch(self, entry: EntryFacts) -> list[Finding]:
@@ -225,3 +286,21 @@ class SoftChecks:
             return date.fromisoformat(value)
         except ValueError:
             return None
+
+
+def _unique(found: Iterable[Finding]) -> list[Finding]:
+    """Findings without repeats, in a stable order."""
+    unique: dict[tuple[str, str], Finding] = {(f.path, f.message): f for f in found}
+    return sorted(unique.values(), key=lambda f: (f.path, f.message))
+
+
+def _number(value: Any) -> float | int | None:
+    """A JSON number; None for anything else (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _limit(value: Any) -> str:
+    """A limit as query text: 1.0 reads "1", 2.5 reads "2.5"."""
+    return "none" if value is None else f"{value:g}"

@@ -87,7 +87,7 @@ class FormVersion:
 
     def problems(self, data: Any) -> list[Problem]:
         """Every hard-check failure of ``data``, each located by JSON Pointer."""
-        found = [Problem(p, m) for p, m in _non_finite_numbers(data, "")]
+        found = [Problem(p, m) for p, m in _unstorable_values(data, "")]
         if found:
             return found
         try:
@@ -111,24 +111,39 @@ class FormRegistry:
                 match = _VERSION_FILE.match(file.name)
                 if match:
                     self._add(form_dir.name, int(match.group(1)), file)
+        self._check_current_versions()
 
     def _load_study(self) -> dict[str, Any]:
         study_file = self.forms_dir / "study.json"
-        study: dict[str, Any] = json.loads(study_file.read_text(encoding="utf-8"))
         schema_file = self.forms_dir / "study.schema.json"
-        if schema_file.exists():
-            schema = json.loads(schema_file.read_text(encoding="utf-8"))
+        # Without its schema the study definition would go unchecked: both must be there.
+        study: dict[str, Any] = _read_json(study_file, "the study definition")
+        schema = _read_json(schema_file, "the schema of the study definition")
+        try:
             jsonschema.Draft202012Validator.check_schema(schema)
-            validator = jsonschema.Draft202012Validator(
-                schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-            )
-            errors = sorted(validator.iter_errors(study), key=lambda e: list(e.path))
-            if errors:
-                details = "; ".join(f"/{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
-                raise FormDefinitionError(
-                    f"{study_file} is not a valid study definition: {details}"
-                )
+        except jsonschema.SchemaError as error:
+            raise FormDefinitionError(
+                f"{schema_file}: not a valid JSON Schema 2020-12: {error.message}"
+            ) from None
+        validator = jsonschema.Draft202012Validator(
+            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+        )
+        errors = sorted(validator.iter_errors(study), key=lambda e: list(e.path))
+        if errors:
+            details = "; ".join(f"/{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+            raise FormDefinitionError(f"{study_file} is not a valid study definition: {details}")
         return study
+
+    def _check_current_versions(self) -> None:
+        """Every ``forms.<form>.current_version`` of the study names a released file."""
+        missing = []
+        for form, meta in sorted(self.study.get("forms", {}).items()):
+            current = meta.get("current_version")
+            if current not in self._versions.get(form, {}):
+                file = self.forms_dir / form / f"v{current}.json"
+                missing.append(f"forms.{form}.current_version is {current} but {file} is missing")
+        if missing:
+            raise FormDefinitionError(f"{self.forms_dir / 'study.json'}: {'; '.join(missing)}")
 
     def _add(self, form: str, version: int, file: Path) -> None:
         raw = file.read_bytes()
@@ -161,16 +176,24 @@ class FormRegistry:
                 yield self._versions[form][version]
 
     def get(self, form: str, version: int | None = None) -> FormVersion:
-        """A form version (the newest when ``version`` is None), or NotFoundError."""
+        """A form version (the study's current one when ``version`` is None), or NotFoundError."""
         versions = self._versions.get(form)
         if not versions:
             raise NotFoundError(f"unknown form {form!r}")
         if version is None:
-            return versions[max(versions)]
+            return versions[self.current_version(form)]
         try:
             return versions[version]
         except KeyError:
             raise NotFoundError(f"form {form!r} has no version {version}") from None
+
+    def current_version(self, form: str) -> int:
+        """The version new entries get: the study's ``current_version``, else the newest file."""
+        versions = self._versions.get(form)
+        if not versions:
+            raise NotFoundError(f"unknown form {form!r}")
+        current = self.study.get("forms", {}).get(form, {}).get("current_version")
+        return int(current) if current in versions else max(versions)
 
     def validate(self, form: FormVersion, data: Any) -> None:
         """Raise InvalidInputError listing every hard-check failure."""
@@ -221,6 +244,16 @@ class FormRegistry:
         """The sites the study ships with."""
         sites: list[dict[str, str]] = self.study.get("sites", [])
         return sites
+
+
+def _read_json(file: Path, what: str) -> Any:
+    """A JSON file under forms/; start-up stops, naming the file, if it is absent or broken."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormDefinitionError(f"{file}: missing ({what})") from None
+    except (OSError, ValueError) as error:
+        raise FormDefinitionError(f"{file}: cannot be read as JSON: {error}") from None
 
 
 def load_forms(forms_dir: Path | None = None) -> FormRegistry:
@@ -275,19 +308,29 @@ MAX_DEPTH = 32
 """Deepest nesting accepted in form data; no form needs more than a few levels."""
 
 
-def _non_finite_numbers(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+def _unstorable_values(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
     # Python's JSON parser accepts NaN and Infinity; JSON does not, and a canonical
     # event could not store them, so they are refused before schema validation.
+    # NUL is valid JSON ("\u0000") but PostgreSQL text and jsonb cannot hold it, and the
+    # read models copy form data there: refused in any string, key or value, at any depth.
     if depth > MAX_DEPTH:
         yield path, f"nested more than {MAX_DEPTH} levels deep"
     elif isinstance(value, float) and not math.isfinite(value):
         yield path, "numbers must be finite (NaN and Infinity are not JSON)"
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
         yield path, "integers must fit in 64 bits"
+    elif isinstance(value, str):
+        if "\x00" in value:
+            yield path, _NUL_MESSAGE
     elif isinstance(value, dict):
         for key, item in value.items():
             child = f"{path}/{escape_pointer_token(str(key))}"
-            yield from _non_finite_numbers(item, child, depth + 1)
+            if "\x00" in str(key):
+                yield child, f"property names {_NUL_MESSAGE}"
+            yield from _unstorable_values(item, child, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _non_finite_numbers(item, f"{path}/{index}", depth + 1)
+            yield from _unstorable_values(item, f"{path}/{index}", depth + 1)
+
+
+_NUL_MESSAGE = "must not contain NUL characters (\\u0000)"

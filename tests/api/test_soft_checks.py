@@ -122,3 +122,223 @@ def test_two_findings_on_one_field_are_two_queries_and_both_close(api: Api) -> N
     assert api.post("crc", url, fix).status_code == 200
     onset = [q for q in _system_queries(api) if q["path"] == "/onset_date"]
     assert [q["state"] for q in onset] == ["closed", "closed"]
+
+
+# Visit windows follow their anchor: a window finding depends on another entry's date.
+
+WINDOW_VITALS = "2030-01-01T10:00:00+08:00"  # a D7 visit that only fits an infusion on 25 Dec
+
+
+def _window_queries(api: Api, entry_id: str) -> list[dict[str, Any]]:
+    """The system queries on an entry's date, each with its whole conversation."""
+    return [
+        api.get("cra", f"/queries/{q['query_id']}").json()
+        for q in _system_queries(api)
+        if q["entry_id"] == entry_id and q["path"] == "/assessment_datetime"
+    ]
+
+
+def _correct_infusion(api: Api, infusion: dict[str, Any], revision: int, when: str) -> None:
+    url = f"/subjects/{SUBJECT}/entries/{infusion['entry_id']}/corrections"
+    body = {
+        "changes": {"infusion_datetime": when, "infusion_end_datetime": when},
+        "reason": "date from the infusion record",
+        "expected_revision": revision,
+    }
+    response = api.post("crc", url, body)
+    assert response.status_code == 200, response.text
+
+
+def _vitals_at_d7(api: Api) -> dict[str, Any]:
+    vitals = example(api, "vital_signs")
+    vitals["assessment_datetime"] = WINDOW_VITALS
+    return _enter(api, "vital_signs", "D7", vitals)
+
+
+def test_recording_the_infusion_checks_the_windows_of_earlier_entries(api: Api) -> None:
+    register(api)
+    vitals = _vitals_at_d7(api)
+    assert vitals["open_queries"] == 0  # no infusion yet: nothing to count from
+    _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    [query] = _window_queries(api, vitals["entry_id"])
+    assert (query["state"], query["opened_by"], query["form"]) == ("open", "system", "vital_signs")
+    assert "D7 window" in query["messages"][0]["text"]
+    casebook = api.get("cra", f"/subjects/{SUBJECT}").json()
+    by_id = {e["entry_id"]: e for e in casebook["entries"]}
+    assert by_id[vitals["entry_id"]]["open_queries"] == 1
+
+
+def test_correcting_the_infusion_date_closes_stale_window_queries(api: Api) -> None:
+    register(api)
+    vitals = _vitals_at_d7(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    [stale] = _window_queries(api, vitals["entry_id"])
+    _correct_infusion(api, infusion, 1, "2029-12-25T09:40:00+08:00")  # vitals now on day 7
+    [closed] = _window_queries(api, vitals["entry_id"])
+    assert closed["query_id"] == stale["query_id"]
+    assert closed["state"] == "closed"
+    assert closed["messages"][-1]["user"] == "system"
+    assert "recomputed" in closed["messages"][-1]["text"]
+    audit = api.get("fda", f"/subjects/{SUBJECT}/audit").json()
+    closing = [r for r in audit if r["action"] == "query_closed"]
+    assert closing[-1]["user"] == "system"
+    assert infusion["entry_id"] in closing[-1]["reason"]
+
+
+def test_correcting_the_infusion_date_can_open_window_queries(api: Api) -> None:
+    register(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    vitals = example(api, "vital_signs")
+    vitals["assessment_datetime"] = "2023-05-02T10:00:00+08:00"  # day 7: inside D7
+    entry = _enter(api, "vital_signs", "D7", vitals)
+    assert _window_queries(api, entry["entry_id"]) == []
+    _correct_infusion(api, infusion, 1, "2023-04-20T09:40:00+08:00")  # now day 12
+    [query] = _window_queries(api, entry["entry_id"])
+    assert query["state"] == "open"
+    assert query["messages"][0]["text"].endswith("It is day 12.")
+    # Moved again, still outside: the old finding is closed, the new one asked.
+    _correct_infusion(api, infusion, 2, "2023-04-21T09:40:00+08:00")  # day 11
+    states = {
+        q["messages"][0]["text"].rpartition("It is ")[2]: q["state"]
+        for q in _window_queries(api, entry["entry_id"])
+    }
+    assert states == {"day 12.": "closed", "day 11.": "open"}
+
+
+def test_voiding_the_infusion_closes_window_queries(api: Api) -> None:
+    register(api)
+    vitals = _vitals_at_d7(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    url = f"/subjects/{SUBJECT}/entries/{infusion['entry_id']}/void"
+    assert (
+        api.post("crc", url, {"reason": "wrong subject", "expected_revision": 1}).status_code == 200
+    )
+    assert [q["state"] for q in _window_queries(api, vitals["entry_id"])] == ["closed"]
+
+
+def test_a_window_finding_a_monitor_closed_is_not_asked_again(api: Api) -> None:
+    register(api)
+    vitals = _vitals_at_d7(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    [query] = _window_queries(api, vitals["entry_id"])
+    closed = api.post(
+        "cra", f"/queries/{query['query_id']}/close", {"text": "Visit confirmed late."}
+    )
+    assert closed.status_code == 200, closed.text
+    # A correction of the infusion that leaves its date alone changes no window.
+    url = f"/subjects/{SUBJECT}/entries/{infusion['entry_id']}/corrections"
+    body = {
+        "changes": {"product_lot": "CEA-CAR-230418-02"},
+        "reason": "lot",
+        "expected_revision": 1,
+    }
+    assert api.post("crc", url, body).status_code == 200
+    assert [q["state"] for q in _window_queries(api, vitals["entry_id"])] == ["closed"]
+
+
+# PK: a value below the sample's own LLOQ, when the lab reported one.
+
+
+def test_pk_values_are_checked_against_the_samples_own_lloq(api: Api) -> None:
+    register(api)
+    sample = example(api, "pk_sample")
+    sample.update(flow_cells_per_ul=3.0, flow_lloq_cells_per_ul=5.0)
+    queried = _enter(api, "pk_sample", "D10", sample)
+    [query] = [q for q in _system_queries(api) if q["entry_id"] == queried["entry_id"]]
+    assert query["path"] == "/flow_cells_per_ul"
+    assert "LLOQ (5 CAR+ cells/µL)" in query["last_text"]
+    # Below the study's LLOQ (1) but above this lab's (0.2): a valid result, no query.
+    sample.update(flow_cells_per_ul=0.5, flow_lloq_cells_per_ul=0.2, nominal_day=14)
+    sample["sample_datetime"] = "2023-05-09T08:10:00+08:00"
+    quiet = _enter(api, "pk_sample", "D14", sample)
+    assert [q for q in _system_queries(api) if q["entry_id"] == quiet["entry_id"]] == []
+    # Without its own LLOQ the study's applies.
+    sample.pop("flow_lloq_cells_per_ul")
+    sample.update(nominal_day=21, sample_datetime="2023-05-16T08:10:00+08:00")
+    study_lloq = _enter(api, "pk_sample", "D21", sample)
+    [query] = [q for q in _system_queries(api) if q["entry_id"] == study_lloq["entry_id"]]
+    assert "LLOQ (1 CAR+ cells/µL)" in query["last_text"]
+
+
+# Date order follows the other entry too: a finding compares dates on two entries.
+
+ONSET_BEFORE_INFUSION = "Adverse event onset before the CAR-T infusion"
+
+
+def _order_queries(api: Api, entry_id: str, path: str) -> list[dict[str, Any]]:
+    """The system date-order queries on one field of an entry, with their conversations."""
+    on_field = [
+        api.get("cra", f"/queries/{q['query_id']}").json()
+        for q in _system_queries(api)
+        if q["entry_id"] == entry_id and q["path"] == path
+    ]
+    return [q for q in on_field if q["messages"][0]["text"].startswith(ONSET_BEFORE_INFUSION)]
+
+
+def _ae_with_onset(api: Api, onset: str) -> dict[str, Any]:
+    ae = example(api, "adverse_event")
+    ae["onset_date"] = onset
+    return _enter(api, "adverse_event", "LOG", ae)
+
+
+def test_correcting_the_infusion_date_closes_an_adverse_events_onset_query(api: Api) -> None:
+    register(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))  # 25 Apr
+    ae = _ae_with_onset(api, "2023-04-24")
+    [query] = _order_queries(api, ae["entry_id"], "/onset_date")
+    assert query["state"] == "open"
+    _correct_infusion(api, infusion, 1, "2023-04-23T09:40:00+08:00")  # now before the onset
+    [closed] = _order_queries(api, ae["entry_id"], "/onset_date")
+    assert closed["query_id"] == query["query_id"]
+    assert (closed["state"], closed["messages"][-1]["user"]) == ("closed", "system")
+    assert "cart_infusion" in closed["messages"][-1]["text"]
+    entry = api.get("cra", f"/subjects/{SUBJECT}/entries/{ae['entry_id']}").json()
+    assert entry["open_queries"] == 0
+    closing = api.get("fda", f"/subjects/{SUBJECT}/audit").json()[-1]
+    assert (closing["action"], closing["user"], closing["entry_id"]) == (
+        "query_closed",
+        "system",
+        ae["entry_id"],
+    )
+    assert infusion["entry_id"] in closing["reason"]
+
+
+def test_a_conflict_the_changed_entry_asks_about_is_not_asked_twice(api: Api) -> None:
+    register(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    ae = _ae_with_onset(api, "2023-04-26")  # the day after the infusion: fine
+    assert _order_queries(api, ae["entry_id"], "/onset_date") == []
+    _correct_infusion(api, infusion, 1, "2023-04-27T09:40:00+08:00")  # now after the onset
+    [asked] = _order_queries(api, infusion["entry_id"], "/infusion_datetime")
+    assert asked["state"] == "open"
+    assert _order_queries(api, ae["entry_id"], "/onset_date") == []
+    # The site corrects the adverse event instead: the infusion's query is closed with it.
+    url = f"/subjects/{SUBJECT}/entries/{ae['entry_id']}/corrections"
+    fix = {
+        "changes": {"onset_date": "2023-04-28", "resolution_date": "2023-04-30"},
+        "reason": "onset from the nursing notes",
+        "expected_revision": 1,
+    }
+    assert api.post("crc", url, fix).status_code == 200
+    [closed] = _order_queries(api, infusion["entry_id"], "/infusion_datetime")
+    assert (closed["state"], closed["messages"][-1]["user"]) == ("closed", "system")
+    assert "adverse_event" in closed["messages"][-1]["text"]
+
+
+def test_voiding_the_infusion_closes_onset_queries(api: Api) -> None:
+    register(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    ae = _ae_with_onset(api, "2023-04-24")
+    url = f"/subjects/{SUBJECT}/entries/{infusion['entry_id']}/void"
+    void = {"reason": "entered for the wrong subject", "expected_revision": 1}
+    assert api.post("crc", url, void).status_code == 200
+    assert [q["state"] for q in _order_queries(api, ae["entry_id"], "/onset_date")] == ["closed"]
+
+
+def test_a_conflict_that_still_holds_stays_open(api: Api) -> None:
+    register(api)
+    infusion = _enter(api, "cart_infusion", "D0", example(api, "cart_infusion"))
+    ae = _ae_with_onset(api, "2023-04-20")
+    _correct_infusion(api, infusion, 1, "2023-04-22T09:40:00+08:00")  # still after the onset
+    [query] = _order_queries(api, ae["entry_id"], "/onset_date")
+    assert query["state"] == "open"

@@ -85,6 +85,24 @@ class TestVisitWindow:
         [finding] = _findings("labs", data, "SCR", CONSENT)
         assert finding.path == "/collection_date"
 
+    def test_the_anchor_forms_are_those_of_the_study(self) -> None:
+        anchors = {f for f in STUDY["forms"] if CHECKS.is_anchor_form(f)}
+        assert anchors == {"informed_consent", "cart_infusion", "surgery_history"}
+
+    def test_window_findings_alone_and_how_to_recognise_them(self) -> None:
+        # Out of window and out of range at once: only the window finding is returned.
+        vitals = EntryFacts(
+            "v",
+            "vital_signs",
+            {"assessment_datetime": "2024-03-11T10:00:00+08:00", "temperature_c": 42.0},
+        )
+        [finding] = CHECKS.visit_window_findings(vitals, "D7", [INFUSION, vitals])
+        assert finding.path == "/assessment_datetime"
+        assert CHECKS.is_visit_window_message("D7", finding.message)
+        assert not CHECKS.is_visit_window_message("D10", finding.message)
+        every = _findings("vital_signs", dict(vitals.data), "D7", INFUSION)
+        assert [CHECKS.is_visit_window_message("D7", f.message) for f in every] == [True, False]
+
 
 class TestDateOrder:
     def test_ae_onset_before_infusion_is_queried(self) -> None:
@@ -107,6 +125,32 @@ class TestOtherChecks:
     def test_implausible_but_possible_values(self) -> None:
         [finding] = _findings("demographics", {"weight_kg": 38.0}, "SCR")
         assert finding.path == "/weight_kg"
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            # No LLOQ on the sample: the study's (flow 1 cell/uL, qPCR 50 copies/ug).
+            ({"flow_cells_per_ul": 0.5}, "Flow value below the assay LLOQ (1 CAR+ cells/µL)"),
+            ({"qpcr_copies_per_ug": 40}, "qPCR value below the assay LLOQ (50 copies/µg gDNA)"),
+            # The lab reported its own LLOQ for this sample: that one counts.
+            (
+                {"flow_cells_per_ul": 3.0, "flow_lloq_cells_per_ul": 5.0},
+                "Flow value below the assay LLOQ (5 CAR+ cells/µL)",
+            ),
+            ({"flow_cells_per_ul": 0.5, "flow_lloq_cells_per_ul": 0.2}, None),
+            ({"qpcr_copies_per_ug": 40, "qpcr_lloq_copies_per_ug": 25}, None),
+            (
+                {"qpcr_copies_per_ug": 90, "qpcr_lloq_copies_per_ug": 100},
+                "qPCR value below the assay LLOQ (100 copies/µg gDNA)",
+            ),
+        ],
+    )
+    def test_pk_values_below_the_samples_own_lloq(
+        self, data: dict[str, Any], message: str | None
+    ) -> None:
+        found = _findings("pk_sample", data, "D7", INFUSION)
+        messages = [f.message for f in found if "LLOQ" in f.message]
+        assert messages == ([f"{message}: should it be reported as BLQ?"] if message else [])
 
     def test_fields_that_must_agree_across_forms(self) -> None:
         demographics = EntryFacts("d", "demographics", {"age": 61})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +72,45 @@ def test_numbers_json_cannot_hold_are_refused(bad: float) -> None:
 )
 def test_defines_answers_for_json_pointers(pointer: str, defined: bool) -> None:
     assert REGISTRY.get("demographics").defines(pointer) is defined
+
+
+def _edit_study(forms_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    study_file = forms_dir / "study.json"
+    study = json.loads(study_file.read_text(encoding="utf-8"))
+    change(study)
+    study_file.write_text(json.dumps(study, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def test_a_missing_study_schema_stops_start_up_naming_the_file(forms_copy: Path) -> None:
+    (forms_copy / "study.schema.json").unlink()
+    with pytest.raises(FormDefinitionError, match=r"study\.schema\.json: missing"):
+        FormRegistry(forms_copy)
+
+
+def test_a_missing_study_definition_stops_start_up_naming_the_file(forms_copy: Path) -> None:
+    (forms_copy / "study.json").unlink()
+    with pytest.raises(FormDefinitionError, match=r"study\.json: missing"):
+        FormRegistry(forms_copy)
+
+
+def test_new_entries_get_the_studys_current_version() -> None:
+    assert REGISTRY.study["forms"]["adverse_event"]["current_version"] == 2
+    assert REGISTRY.current_version("adverse_event") == 2
+    assert REGISTRY.get("adverse_event").version == 2
+    assert REGISTRY.get("adverse_event", 1).version == 1  # released versions stay readable
+
+
+def test_the_current_version_need_not_be_the_newest_file(forms_copy: Path) -> None:
+    # A version can be published before the study switches new entries to it.
+    _edit_study(forms_copy, lambda s: s["forms"]["adverse_event"].update(current_version=1))
+    registry = FormRegistry(forms_copy)
+    assert registry.get("adverse_event").version == 1
+    assert registry.get("adverse_event", 2).version == 2
+
+
+def test_a_current_version_without_its_file_stops_start_up(forms_copy: Path) -> None:
+    _edit_study(forms_copy, lambda s: s["forms"]["labs"].update(current_version=3))
+    with pytest.raises(FormDefinitionError) as raised:
+        FormRegistry(forms_copy)
+    assert "forms.labs.current_version is 3" in str(raised.value)
+    assert str(forms_copy / "labs" / "v3.json") in str(raised.value)

@@ -8,6 +8,7 @@ Key fields are the annotated-CRF contract of PROTOCOL.md "Key fields".
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import re
@@ -244,9 +245,22 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def versions_on_disk(form: str) -> list[int]:
+    """The released versions of a form: the numbers of its ``v<N>.json`` files."""
+    found = (re.fullmatch(r"v([1-9][0-9]*)\.json", p.name) for p in (FORMS_DIR / form).iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def current_version(form: str) -> int:
+    """The version new entries get (the study's ``current_version``)."""
+    return int(study()["forms"][form]["current_version"])
+
+
 @cache
-def schema(form: str) -> Json:
-    result: Json = load_json(FORMS_DIR / form / "v1.json")
+def schema(form: str, version: int | None = None) -> Json:
+    """A form's schema: the given version, else the study's current one."""
+    number = version if version is not None else current_version(form)
+    result: Json = load_json(FORMS_DIR / form / f"v{number}.json")
     return result
 
 
@@ -263,39 +277,39 @@ def study_schema() -> Json:
 
 
 @cache
-def py_validator(form: str) -> Draft202012Validator:
-    doc = study_schema() if form == "study" else schema(form)
+def py_validator(form: str, version: int | None = None) -> Draft202012Validator:
+    doc = study_schema() if form == "study" else schema(form, version)
     return Draft202012Validator(doc, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 @cache
-def rs_validator(form: str) -> Any:
-    doc = study_schema() if form == "study" else schema(form)
+def rs_validator(form: str, version: int | None = None) -> Any:
+    doc = study_schema() if form == "study" else schema(form, version)
     return jsonschema_rs.validator_for(doc, validate_formats=True)
 
 
-def check_verdict(form: str, instance: Any, *, expected: bool) -> None:
+def check_verdict(form: str, instance: Any, *, expected: bool, version: int | None = None) -> None:
     """Both validators agree with `expected`; the message lists python jsonschema's errors."""
     errors = [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in py_validator(form).iter_errors(instance)
+        for e in py_validator(form, version).iter_errors(instance)
     ]
     py_valid = not errors
-    rs_valid = bool(rs_validator(form).is_valid(instance))
+    rs_valid = bool(rs_validator(form, version).is_valid(instance))
     assert py_valid == rs_valid, (
         f"validators disagree: jsonschema={py_valid} jsonschema-rs={rs_valid}: {errors}"
     )
     assert py_valid == expected, f"expected valid={expected}; errors: {errors}"
 
 
-def prop(form: str, field: str) -> Json:
+def prop(form: str, field: str, version: int | None = None) -> Json:
     """The property's schema with a local `$ref` merged in (sibling keywords win)."""
-    node: Json = schema(form)["properties"][field]
+    node: Json = schema(form, version)["properties"][field]
     ref = node.get("$ref")
     if ref is None:
         return node
     assert ref.startswith("#/$defs/"), ref
-    return {**schema(form)["$defs"][ref.removeprefix("#/$defs/")], **node}
+    return {**schema(form, version)["$defs"][ref.removeprefix("#/$defs/")], **node}
 
 
 def walk_properties(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -313,23 +327,34 @@ def walk_properties(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from walk_properties(item, path)
 
 
-def date_fields(form: str) -> dict[str, str]:
+def date_fields(form: str, version: int | None = None) -> dict[str, str]:
     """Top-level properties with a date or date-time format, mapped to that format."""
     return {
         name: sub["format"]
-        for name, sub in schema(form)["properties"].items()
+        for name, sub in schema(form, version)["properties"].items()
         if sub.get("format") in ("date", "date-time")
     }
+
+
+# Every released schema file, as (form, version): each goes through every check below.
+SCHEMA_FILES = [(form, version) for form in PROTOCOL_FORMS for version in versions_on_disk(form)]
+SCHEMA_IDS = [f"{form}/v{version}" for form, version in SCHEMA_FILES]
+# Versions released after v1, and the one field each adds (a version only ever adds).
+LATER_VERSIONS = {("adverse_event", 2): {"action_taken"}}
+# A released version is never edited: its bytes are pinned once a later version exists.
+RELEASED_SHA256 = {
+    ("adverse_event", 1): "366f0a82588842cb3690f31f75e3d4505d950ed8dacc46df3668b982b1e756a7",
+}
 
 
 # ---------------------------------------------------------------------------------------
 # Every schema is a well-formed JSON Schema 2020-12 document
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_form_schema_is_valid_2020_12(form: str) -> None:
-    Draft202012Validator.check_schema(schema(form))
-    assert jsonschema_rs.meta.is_valid(schema(form))
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_form_schema_is_valid_2020_12(form: str, version: int) -> None:
+    Draft202012Validator.check_schema(schema(form, version))
+    assert jsonschema_rs.meta.is_valid(schema(form, version))
 
 
 def test_study_schema_is_valid_2020_12() -> None:
@@ -343,15 +368,18 @@ def test_forms_directory_holds_exactly_the_protocol_forms() -> None:
     on_disk = {p.name for p in FORMS_DIR.iterdir() if p.is_dir()}
     assert on_disk == set(PROTOCOL_FORMS)
     for form in PROTOCOL_FORMS:
-        versions = sorted(p.name for p in (FORMS_DIR / form).iterdir())
-        assert versions == ["v1.json"], form
+        files = sorted(p.name for p in (FORMS_DIR / form).iterdir())
+        later = sorted(v for f, v in LATER_VERSIONS if f == form)
+        # Versions run v1, v2, ... without gaps; nothing else lives beside them.
+        assert files == sorted(f"v{v}.json" for v in [1, *later]), form
+        assert current_version(form) == max(versions_on_disk(form)), form
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_form_schema_header(form: str) -> None:
-    doc = schema(form)
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_form_schema_header(form: str, version: int) -> None:
+    doc = schema(form, version)
     assert doc["$schema"] == DRAFT_2020_12
-    assert doc["$id"] == f"{ID_BASE}{form}/v1.json"
+    assert doc["$id"] == f"{ID_BASE}{form}/v{version}.json"
     assert doc["type"] == "object"
     assert doc["additionalProperties"] is False
     assert doc["title"].strip()
@@ -361,10 +389,36 @@ def test_form_schema_header(form: str) -> None:
     assert doc["examples"]
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_form_schema_refs_are_local(form: str) -> None:
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_released_versions_are_never_edited(form: str, version: int) -> None:
+    pinned = RELEASED_SHA256.get((form, version))
+    if pinned is None:
+        assert (form, version + 1) not in set(SCHEMA_FILES), "pin a superseded version"
+        return
+    digest = hashlib.sha256((FORMS_DIR / form / f"v{version}.json").read_bytes()).hexdigest()
+    assert digest == pinned
+
+
+@pytest.mark.parametrize(("form", "version"), sorted(LATER_VERSIONS))
+def test_a_later_version_is_the_previous_one_plus_optional_fields(form: str, version: int) -> None:
+    before, after = schema(form, version - 1), schema(form, version)
+    added = LATER_VERSIONS[(form, version)]
+    assert set(after["properties"]) - set(before["properties"]) == added
+    assert {k: v for k, v in after["properties"].items() if k not in added} == before["properties"]
+    assert not added & set(after["required"])
+    for keyword in ("required", "allOf", "$defs", "type", "additionalProperties", "title"):
+        assert after.get(keyword) == before.get(keyword), keyword
+    for name in added:
+        assert prop(form, name, version)["description"].strip()
+    # Every entry valid under the previous version stays valid: migration needs no mapping.
+    for example in before["examples"]:
+        check_verdict(form, example, expected=True, version=version)
+
+
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_form_schema_refs_are_local(form: str, version: int) -> None:
     """No $ref may need the network: the .invalid host never resolves."""
-    text = (FORMS_DIR / form / "v1.json").read_text(encoding="utf-8")
+    text = (FORMS_DIR / form / f"v{version}.json").read_text(encoding="utf-8")
     refs = re.findall(r'"\$ref":\s*"([^"]*)"', text)
     assert all(ref.startswith("#/") for ref in refs), refs
 
@@ -380,30 +434,30 @@ def test_json_files_are_two_space_utf8(path: Path) -> None:
     assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_property_names_are_snake_case(form: str) -> None:
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_property_names_are_snake_case(form: str, version: int) -> None:
     bad = [
         f"{path}/{name}"
-        for path, name in walk_properties(schema(form))
+        for path, name in walk_properties(schema(form, version))
         if not SNAKE_CASE.match(name)
     ]
     assert not bad
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_date_and_instant_fields_carry_formats(form: str) -> None:
-    for name in schema(form)["properties"]:
-        sub = prop(form, name)
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_date_and_instant_fields_carry_formats(form: str, version: int) -> None:
+    for name in schema(form, version)["properties"]:
+        sub = prop(form, name, version)
         if name.endswith("_date"):
             assert sub.get("format") == "date", name
         if name.endswith("_datetime"):
             assert sub.get("format") == "date-time", name
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_numeric_fields_state_their_unit(form: str) -> None:
-    for name in schema(form)["properties"]:
-        sub = prop(form, name)
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_numeric_fields_state_their_unit(form: str, version: int) -> None:
+    for name in schema(form, version)["properties"]:
+        sub = prop(form, name, version)
         if sub.get("type") in ("number", "integer"):
             assert sub.get("x-unit"), f"{name} has no x-unit"
             assert "minimum" in sub or "exclusiveMinimum" in sub, f"{name} has no lower limit"
@@ -414,17 +468,23 @@ def test_numeric_fields_state_their_unit(form: str) -> None:
 # Key fields (PROTOCOL.md)
 
 
+# Every released version carries the key fields: clients may read any entry's version.
 KEY_CASES = [
-    (form, field, key) for form, fields in KEY_FIELDS.items() for field, key in fields.items()
+    (form, version, field, key)
+    for form, fields in KEY_FIELDS.items()
+    for version in versions_on_disk(form)
+    for field, key in fields.items()
 ]
 
 
 @pytest.mark.parametrize(
-    ("form", "field", "key"), KEY_CASES, ids=[f"{f}.{n}" for f, n, _ in KEY_CASES]
+    ("form", "version", "field", "key"),
+    KEY_CASES,
+    ids=[f"{f}/v{v}.{n}" for f, v, n, _ in KEY_CASES],
 )
-def test_key_field(form: str, field: str, key: Key) -> None:
-    assert field in schema(form)["properties"], f"{form} lacks key field {field}"
-    sub = prop(form, field)
+def test_key_field(form: str, version: int, field: str, key: Key) -> None:
+    assert field in schema(form, version)["properties"], f"{form} lacks key field {field}"
+    sub = prop(form, field, version)
     assert sub.get("type") == key.type
     assert sub.get("format") == key.format
     if key.enum is not None:
@@ -435,16 +495,17 @@ def test_key_field(form: str, field: str, key: Key) -> None:
         assert sub["maximum"] == key.maximum
     if key.items is not None:
         assert sub["items"]["type"] == key.items
-    assert (field in schema(form)["required"]) == key.required
+    assert (field in schema(form, version)["required"]) == key.required
     assert bool(sub.get("readOnly")) == key.read_only
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_read_only_fields_are_the_derived_ones(form: str) -> None:
-    read_only = {name for name in schema(form)["properties"] if prop(form, name).get("readOnly")}
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_read_only_fields_are_the_derived_ones(form: str, version: int) -> None:
+    doc = schema(form, version)
+    read_only = {name for name in doc["properties"] if prop(form, name, version).get("readOnly")}
     assert read_only == READ_ONLY_FIELDS.get(form, set())
-    assert not read_only & set(schema(form)["required"])
-    for example in schema(form)["examples"]:
+    assert not read_only & set(doc["required"])
+    for example in doc["examples"]:
         assert not read_only & set(example), "examples are client submissions"
 
 
@@ -454,6 +515,24 @@ def test_adverse_event_terms_are_ctcae_with_other_specify() -> None:
     assert len(set(terms)) == len(terms)
     assert set(terms) >= AE_TERMS_REQUIRED
     assert terms[-1] == "Other, specify"
+
+
+def test_adverse_event_action_taken_uses_cdisc_aeacn_codes() -> None:
+    # CDISC controlled terminology, codelist C66767 "Action Taken with Study Treatment":
+    # the codes that apply to one infusion, snake_case here, each decoded in the description.
+    action = prop("adverse_event", "action_taken", 2)
+    assert action["enum"] == [
+        "not_applicable",
+        "dose_not_changed",
+        "dose_rate_reduced",
+        "drug_interrupted",
+        "drug_withdrawn",
+        "unknown",
+    ]
+    for code in action["enum"]:
+        assert code.replace("_", " ").upper() in action["description"], code
+    assert "AEACN" in action["description"]
+    assert "action_taken" not in schema("adverse_event", 1)["properties"]
 
 
 def test_pk_lloq_matches_study_settings() -> None:
@@ -690,6 +769,9 @@ def test_soft_check_other_rules_reference_existing_fields() -> None:
             )
         if rule["maximum"] is not None:
             assert rule["maximum"] <= sub["maximum"]
+        if "minimum_field" in rule:
+            assert prop(rule["form"], rule["minimum_field"])["type"] == "number"
+            assert prop(rule["form"], rule["minimum_field"])["x-unit"] == sub["x-unit"]
     for rule in checks["grade_mismatch"]:
         assert prop(rule["form"], rule["derived"]).get("readOnly") is True
         assert rule["entered"] in schema(rule["form"])["properties"]
@@ -705,20 +787,27 @@ def test_signature_meanings() -> None:
 # Instances: examples, fixtures and generated invalid variants through both validators
 
 
-EXAMPLE_CASES = [(form, i) for form in PROTOCOL_FORMS for i in range(len(schema(form)["examples"]))]
+EXAMPLE_CASES = [
+    (form, version, i)
+    for form, version in SCHEMA_FILES
+    for i in range(len(schema(form, version)["examples"]))
+]
 
 
 @pytest.mark.parametrize(
-    ("form", "index"), EXAMPLE_CASES, ids=[f"{f}-{i}" for f, i in EXAMPLE_CASES]
+    ("form", "version", "index"),
+    EXAMPLE_CASES,
+    ids=[f"{f}/v{v}-{i}" for f, v, i in EXAMPLE_CASES],
 )
-def test_example_is_valid(form: str, index: int) -> None:
-    check_verdict(form, schema(form)["examples"][index], expected=True)
+def test_example_is_valid(form: str, version: int, index: int) -> None:
+    check_verdict(form, schema(form, version)["examples"][index], expected=True, version=version)
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_examples_cover_every_client_field(form: str) -> None:
-    writable = {name for name in schema(form)["properties"] if not prop(form, name).get("readOnly")}
-    seen = {name for example in schema(form)["examples"] for name in example}
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_examples_cover_every_client_field(form: str, version: int) -> None:
+    doc = schema(form, version)
+    writable = {n for n in doc["properties"] if not prop(form, n, version).get("readOnly")}
+    seen = {name for example in doc["examples"] for name in example}
     assert writable - seen == set()
 
 
@@ -737,13 +826,18 @@ def test_stored_data_with_derived_values_is_valid(form: str) -> None:
     check_verdict(form, stored(form), expected=True)
 
 
-def load_fixtures(form: str) -> Json:
-    result: Json = load_json(FIXTURES_DIR / f"{form}.json")
+def fixture_file(form: str, version: int) -> Path:
+    """``<form>.json`` holds the cases of v1, ``<form>.v<N>.json`` those of a later version."""
+    return FIXTURES_DIR / (f"{form}.json" if version == 1 else f"{form}.v{version}.json")
+
+
+def load_fixtures(form: str, version: int = 1) -> Json:
+    result: Json = load_json(fixture_file(form, version))
     return result
 
 
-def apply(form: str, case: Json) -> Json:
-    instance: Json = copy.deepcopy(schema(form)["examples"][case.get("base", 0)])
+def apply(form: str, case: Json, version: int = 1) -> Json:
+    instance: Json = copy.deepcopy(schema(form, version)["examples"][case.get("base", 0)])
     instance.update(copy.deepcopy(case.get("set", {})))
     for name in case.get("unset", []):
         assert name in instance, f"fixture unsets absent field {name}: {case['description']}"
@@ -751,8 +845,16 @@ def apply(form: str, case: Json) -> Json:
     return instance
 
 
-def fixture_cases(kind: str) -> list[tuple[str, Json]]:
-    return [(form, case) for form in PROTOCOL_FORMS for case in load_fixtures(form)[kind]]
+def fixture_cases(kind: str) -> list[tuple[str, int, Json]]:
+    return [
+        (form, version, case)
+        for form, version in SCHEMA_FILES
+        for case in load_fixtures(form, version)[kind]
+    ]
+
+
+def fixture_ids(cases: list[tuple[str, int, Json]]) -> list[str]:
+    return [f"{f}/v{v}-{c['description']}" for f, v, c in cases]
 
 
 VALID_FIXTURES = fixture_cases("valid")
@@ -760,25 +862,30 @@ INVALID_FIXTURES = fixture_cases("invalid")
 
 
 @pytest.mark.parametrize(
-    ("form", "case"), VALID_FIXTURES, ids=[f"{f}-{c['description']}" for f, c in VALID_FIXTURES]
+    ("form", "version", "case"), VALID_FIXTURES, ids=fixture_ids(VALID_FIXTURES)
 )
-def test_valid_fixture(form: str, case: Json) -> None:
-    check_verdict(form, apply(form, case), expected=True)
+def test_valid_fixture(form: str, version: int, case: Json) -> None:
+    check_verdict(form, apply(form, case, version), expected=True, version=version)
 
 
 @pytest.mark.parametrize(
-    ("form", "case"), INVALID_FIXTURES, ids=[f"{f}-{c['description']}" for f, c in INVALID_FIXTURES]
+    ("form", "version", "case"), INVALID_FIXTURES, ids=fixture_ids(INVALID_FIXTURES)
 )
-def test_invalid_fixture(form: str, case: Json) -> None:
-    check_verdict(form, apply(form, case), expected=False)
+def test_invalid_fixture(form: str, version: int, case: Json) -> None:
+    check_verdict(form, apply(form, case, version), expected=False, version=version)
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_every_form_has_fixtures(form: str) -> None:
-    fixtures = load_fixtures(form)
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_every_form_has_fixtures(form: str, version: int) -> None:
+    fixtures = load_fixtures(form, version)
     assert set(fixtures) == {"valid", "invalid"}
     assert fixtures["valid"]
     assert fixtures["invalid"]
+
+
+def test_no_fixture_file_without_its_schema() -> None:
+    expected = {fixture_file(form, version).name for form, version in SCHEMA_FILES}
+    assert {p.name for p in FIXTURES_DIR.glob("*.json")} == expected
 
 
 WRONG_TYPE: dict[str, Any] = {
@@ -823,42 +930,45 @@ GOOD_DATES: dict[str, tuple[str, ...]] = {
 }
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_date_fields_share_one_canonical_pattern(form: str) -> None:
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_date_fields_share_one_canonical_pattern(form: str, version: int) -> None:
+    dates = date_fields(form, version)
     for fmt in ("date", "date-time"):
-        names = [name for name, f in date_fields(form).items() if f == fmt]
-        assert len({prop(form, name).get("pattern") for name in names}) <= 1, fmt
-    for name in date_fields(form):
-        assert "pattern" in prop(form, name), name
+        names = [name for name, f in dates.items() if f == fmt]
+        assert len({prop(form, name, version).get("pattern") for name in names}) <= 1, fmt
+    for name in dates:
+        assert "pattern" in prop(form, name, version), name
 
 
 DATE_EDGE_CASES = [
-    (form, name, value)
-    for form in PROTOCOL_FORMS
-    for name, fmt in date_fields(form).items()
-    if name in schema(form)["examples"][0]
+    (form, version, name, value)
+    for form, version in SCHEMA_FILES
+    for name, fmt in date_fields(form, version).items()
+    if name in schema(form, version)["examples"][0]
     for value in GOOD_DATES[fmt]
 ]
 
 
 @pytest.mark.parametrize(
-    ("form", "name", "value"),
+    ("form", "version", "name", "value"),
     DATE_EDGE_CASES,
-    ids=[f"{f}-{n}-{v}" for f, n, v in DATE_EDGE_CASES],
+    ids=[f"{f}/v{v}-{n}-{value}" for f, v, n, value in DATE_EDGE_CASES],
 )
-def test_edge_dates_are_accepted(form: str, name: str, value: str) -> None:
-    check_verdict(form, {**schema(form)["examples"][0], name: value}, expected=True)
+def test_edge_dates_are_accepted(form: str, version: int, name: str, value: str) -> None:
+    instance = {**schema(form, version)["examples"][0], name: value}
+    check_verdict(form, instance, expected=True, version=version)
 
 
-def generated_invalid(form: str) -> Iterator[tuple[str, Any]]:
+def generated_invalid(form: str, version: int) -> Iterator[tuple[str, Any]]:
     """Mutations of the first example, each of which must be rejected."""
-    base = schema(form)["examples"][0]
-    for name in schema(form)["required"]:
+    doc = schema(form, version)
+    base = doc["examples"][0]
+    for name in doc["required"]:
         yield f"missing {name}", {k: v for k, v in base.items() if k != name}
     yield "unknown property", {**base, "unknown_field": 1}
     yield "not an object", [base]
     for name in base:
-        sub = prop(form, name)
+        sub = prop(form, name, version)
         yield f"{name} wrong type", {**base, name: WRONG_TYPE[sub["type"]]}
         if "enum" in sub:
             yield f"{name} unknown code", {**base, name: "__not_a_code__"}
@@ -877,21 +987,23 @@ def generated_invalid(form: str) -> Iterator[tuple[str, Any]]:
 
 
 GENERATED = [
-    (form, label, instance)
-    for form in PROTOCOL_FORMS
-    for label, instance in generated_invalid(form)
+    (form, version, label, instance)
+    for form, version in SCHEMA_FILES
+    for label, instance in generated_invalid(form, version)
 ]
 
 
 @pytest.mark.parametrize(
-    ("form", "label", "instance"), GENERATED, ids=[f"{f}-{label}" for f, label, _ in GENERATED]
+    ("form", "version", "label", "instance"),
+    GENERATED,
+    ids=[f"{f}/v{v}-{label}" for f, v, label, _ in GENERATED],
 )
-def test_generated_invalid(form: str, label: str, instance: Any) -> None:
-    check_verdict(form, instance, expected=False)
+def test_generated_invalid(form: str, version: int, label: str, instance: Any) -> None:
+    check_verdict(form, instance, expected=False, version=version)
 
 
-@pytest.mark.parametrize("form", PROTOCOL_FORMS)
-def test_generated_invalid_covers_every_kind(form: str) -> None:
-    labels = [label for f, label, _ in GENERATED if f == form]
+@pytest.mark.parametrize(("form", "version"), SCHEMA_FILES, ids=SCHEMA_IDS)
+def test_generated_invalid_covers_every_kind(form: str, version: int) -> None:
+    labels = [label for f, v, label, _ in GENERATED if (f, v) == (form, version)]
     for kind in ("missing ", "unknown property", "wrong type", "bad date"):
-        assert any(kind in label for label in labels), f"{form}: no '{kind}' case"
+        assert any(kind in label for label in labels), f"{form} v{version}: no '{kind}' case"

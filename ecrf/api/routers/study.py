@@ -35,9 +35,16 @@ def add_site(application: App, actor: CurrentActor, body: AddSite) -> SitePublic
 @router.get("/forms")
 def list_forms(application: App, actor: CurrentActor) -> list[FormSummary]:
     """Every released form version."""
+    forms = application.forms
     return [
-        FormSummary(form=f.form, version=f.version, title=f.title, sha256=f.sha256)
-        for f in application.forms
+        FormSummary(
+            form=f.form,
+            version=f.version,
+            title=f.title,
+            sha256=f.sha256,
+            current=f.version == forms.current_version(f.form),
+        )
+        for f in forms
     ]
 
 
