@@ -33,6 +33,13 @@ The rules (PROTOCOL.md "3+3 dose escalation"), as this aggregate applies them:
   recommendation and the outcomes at that moment, and one that differs from the
   recommendation needs a written justification of at least 20 characters. ``stop`` ends
   enrolment for good; its dose level is the MTD the committee declares (or none).
+* What no justification allows (409): declaring an MTD with fewer evaluated patients
+  than ``mtd_requires``, with 2 or more DLTs, with outcomes pending there, or above a
+  halted or too-toxic dose; opening a cohort at a too-toxic dose, at a dose that already
+  has 6 patients, or above a halted or too-toxic dose; escalating from a dose that is not
+  cleared (0 DLTs in 3 or at most 1 in 6 evaluated); any decision after the stop. The
+  committee may otherwise depart from the engine (be more cautious, stop early, stop
+  without an MTD) with a justification, and the decision is flagged.
 """
 
 from __future__ import annotations
@@ -315,127 +322,38 @@ def enrolment_problems(subject: Subject, criteria: Callable[[Entry], Collection[
     return problems
 
 
+def dose_levels_of(dose_levels: list[dict[str, Any]]) -> list[DoseLevel]:
+    """Dose levels from their plain form (as ``escalation_plan`` and events carry them)."""
+    return [
+        DoseLevel(d["dose_level"], int(d["number"]), d["dose_per_kg"], d["label"])
+        for d in sorted(dose_levels, key=lambda d: int(d["number"]))
+    ]
+
+
+def halt_reason(dlts: int, evaluated: int) -> str:
+    """Why a dose is halted, as the cohort view and the refusals say it."""
+    return f"{dlts} DLTs in {evaluated} evaluated patients"
+
+
 def _canonical_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-class DoseEscalation(Aggregate):
-    """The study's dose escalation: slots, outcomes, halts and signed decisions."""
+class EscalationRules:
+    """The escalation's state read through PROTOCOL.md's rules.
 
-    class Event(Aggregate.Event):
-        """Base of the escalation's events: exposes the event time while it applies."""
+    The aggregate and its read model (projections/dose_cohorts.py) hold the same plain
+    state; both read it through these methods, so the cohort view cannot drift from the
+    state that enrolment and decisions are checked against.
+    """
 
-        def mutate(self, aggregate: Any) -> Any:
-            """Apply the event with ``aggregate.event_time`` set to this event's time."""
-            # As in Subject: slots and decisions record when they happened.
-            if aggregate is not None:
-                aggregate.event_time = self.timestamp
-            return super().mutate(aggregate)
-
-    class Started(Aggregate.Created):
-        """Escalation began, with the study's dose levels and settings; cohort 1 opens."""
-
-        study_id: str
-        dose_levels: list[dict[str, Any]]
-        settings: dict[str, Any]
-        audit: dict[str, Any]
-
-    class SlotAssigned(Event):
-        """A subject was given a slot at a dose level in a cohort (saved with enrolment)."""
-
-        slot: int
-        subject_id: str
-        dose_level: str
-        cohort: int
-        audit: dict[str, Any]
-
-    class OutcomeRecorded(Event):
-        """A signed dlt_assessment made a slot evaluable, with or without a DLT."""
-
-        slot: int
-        subject_id: str
-        dose_level: str
-        dlt: bool
-        entry_id: str
-        revision: int
-        data_hash: str
-        audit: dict[str, Any]
-
-    class SlotReleased(Event):
-        """A signed dlt_assessment found the patient not evaluable; a replacement opens."""
-
-        slot: int
-        subject_id: str
-        dose_level: str
-        entry_id: str
-        revision: int
-        data_hash: str
-        reason: str
-        audit: dict[str, Any]
-
-    class OutcomeWithdrawn(Event):
-        """The signed dlt_assessment behind an outcome was changed or voided."""
-
-        slot: int
-        subject_id: str
-        dose_level: str
-        entry_id: str
-        reason: str
-        audit: dict[str, Any]
-
-    class DoseHalted(Event):
-        """Enrolment at a dose halted at its second DLT."""
-
-        dose_level: str
-        dlts: int
-        evaluated: int
-        rule: str
-        audit: dict[str, Any]
-
-    class DecisionRecorded(Event):
-        """The SRC recorded a signed decision, with the recommendation it was given."""
-
-        number: int
-        action: str
-        dose_level: str | None
-        rationale: str
-        meaning: str
-        statement: str
-        recommendation: dict[str, Any]
-        outcomes: str
-        follows_recommendation: bool
-        decision_hash: str
-        opens: dict[str, Any] | None
-        audit: dict[str, Any]
-
-    @staticmethod
-    def create_id(study_id: str, **_: Any) -> UUID:
-        """One escalation per study, so two first enrolments conflict on save."""
-        return escalation_stream(study_id)
-
-    @event(Started)
-    def __init__(
-        self,
-        study_id: str,
-        dose_levels: list[dict[str, Any]],
-        settings: dict[str, Any],
-        audit: dict[str, Any],
-    ) -> None:
-        self.study_id = study_id
-        self.levels = [
-            DoseLevel(d["dose_level"], int(d["number"]), d["dose_per_kg"], d["label"])
-            for d in sorted(dose_levels, key=lambda d: int(d["number"]))
-        ]
-        self.settings = EscalationSettings(**settings)
-        self.event_time: datetime = self.created_on
-        self.slots: dict[int, Slot] = {}
-        start = self.settings.starting_dose_level
-        self.cohorts = [Cohort(1, start, COHORT_SIZE, self.created_on, None)]
-        self.halted: dict[str, str] = {}
-        self.decisions: list[Decision] = []
-        self.stopped = False
-
-    # Reading ----------------------------------------------------------------------
+    levels: list[DoseLevel]
+    settings: EscalationSettings
+    slots: dict[int, Slot]
+    cohorts: list[Cohort]
+    halted: dict[str, str]
+    decisions: list[Decision]
+    stopped: bool
 
     def level(self, code: str) -> DoseLevel:
         """A dose level by code, or NotFoundError."""
@@ -602,6 +520,151 @@ class DoseEscalation(Aggregate):
             f"Committee decision (recommendation: {self.recommendation().rule})"
         )
 
+
+@dataclass
+class EscalationState(EscalationRules):
+    """The escalation's state as plain data, as a read model rebuilds it from its rows."""
+
+    levels: list[DoseLevel]
+    settings: EscalationSettings
+    slots: dict[int, Slot]
+    cohorts: list[Cohort]
+    halted: dict[str, str]
+    decisions: list[Decision]
+    stopped: bool
+
+    @classmethod
+    def planned(
+        cls, dose_levels: list[dict[str, Any]], settings: dict[str, Any], opened_at: datetime
+    ) -> EscalationState:
+        """The state before the first enrolment: cohort 1 open at the starting dose."""
+        escalation_settings = EscalationSettings(**settings)
+        return cls(
+            levels=dose_levels_of(dose_levels),
+            settings=escalation_settings,
+            slots={},
+            cohorts=[
+                Cohort(1, escalation_settings.starting_dose_level, COHORT_SIZE, opened_at, None)
+            ],
+            halted={},
+            decisions=[],
+            stopped=False,
+        )
+
+
+class DoseEscalation(Aggregate, EscalationRules):
+    """The study's dose escalation: slots, outcomes, halts and signed decisions."""
+
+    class Event(Aggregate.Event):
+        """Base of the escalation's events: exposes the event time while it applies."""
+
+        def mutate(self, aggregate: Any) -> Any:
+            """Apply the event with ``aggregate.event_time`` set to this event's time."""
+            # As in Subject: slots and decisions record when they happened.
+            if aggregate is not None:
+                aggregate.event_time = self.timestamp
+            return super().mutate(aggregate)
+
+    class Started(Aggregate.Created):
+        """Escalation began, with the study's dose levels and settings; cohort 1 opens."""
+
+        study_id: str
+        dose_levels: list[dict[str, Any]]
+        settings: dict[str, Any]
+        audit: dict[str, Any]
+
+    class SlotAssigned(Event):
+        """A subject was given a slot at a dose level in a cohort (saved with enrolment)."""
+
+        slot: int
+        subject_id: str
+        dose_level: str
+        cohort: int
+        audit: dict[str, Any]
+
+    class OutcomeRecorded(Event):
+        """A signed dlt_assessment made a slot evaluable, with or without a DLT."""
+
+        slot: int
+        subject_id: str
+        dose_level: str
+        dlt: bool
+        entry_id: str
+        revision: int
+        data_hash: str
+        audit: dict[str, Any]
+
+    class SlotReleased(Event):
+        """A signed dlt_assessment found the patient not evaluable; a replacement opens."""
+
+        slot: int
+        subject_id: str
+        dose_level: str
+        entry_id: str
+        revision: int
+        data_hash: str
+        reason: str
+        audit: dict[str, Any]
+
+    class OutcomeWithdrawn(Event):
+        """The signed dlt_assessment behind an outcome was changed or voided."""
+
+        slot: int
+        subject_id: str
+        dose_level: str
+        entry_id: str
+        reason: str
+        audit: dict[str, Any]
+
+    class DoseHalted(Event):
+        """Enrolment at a dose halted at its second DLT."""
+
+        dose_level: str
+        dlts: int
+        evaluated: int
+        rule: str
+        audit: dict[str, Any]
+
+    class DecisionRecorded(Event):
+        """The SRC recorded a signed decision, with the recommendation it was given."""
+
+        number: int
+        action: str
+        dose_level: str | None
+        rationale: str
+        meaning: str
+        statement: str
+        recommendation: dict[str, Any]
+        outcomes: str
+        follows_recommendation: bool
+        decision_hash: str
+        opens: dict[str, Any] | None
+        audit: dict[str, Any]
+
+    @staticmethod
+    def create_id(study_id: str, **_: Any) -> UUID:
+        """One escalation per study, so two first enrolments conflict on save."""
+        return escalation_stream(study_id)
+
+    @event(Started)
+    def __init__(
+        self,
+        study_id: str,
+        dose_levels: list[dict[str, Any]],
+        settings: dict[str, Any],
+        audit: dict[str, Any],
+    ) -> None:
+        self.study_id = study_id
+        self.levels = dose_levels_of(dose_levels)
+        self.settings = EscalationSettings(**settings)
+        self.event_time: datetime = self.created_on
+        self.slots = {}
+        start = self.settings.starting_dose_level
+        self.cohorts = [Cohort(1, start, COHORT_SIZE, self.created_on, None)]
+        self.halted = {}
+        self.decisions = []
+        self.stopped = False
+
     # Commands ---------------------------------------------------------------------
 
     def assign_slot(self, subject_id: str, audit: dict[str, Any]) -> Slot:
@@ -687,10 +750,16 @@ class DoseEscalation(Aggregate):
         if self.stopped:
             raise ConflictError("the study is already stopped; no further decisions")
         opens = None
-        if target is not None and action != "stop":
+        if action == "stop":
+            if target is not None:
+                self._check_mtd(target)
+        elif target is not None:
             self._check_cohort_decidable()
             self._check_direction(action, target)
             self._check_target(target)
+            self._check_nothing_toxic_below(target, f"open {target.code}")
+            if action == "escalate":
+                self._check_cleared_for_escalation()
             opens = {
                 "cohort": self.current_cohort.number + 1,
                 "dose_level": target.code,
@@ -777,6 +846,12 @@ class DoseEscalation(Aggregate):
             or (action == "deescalate" and target.number >= here.number)
             or (action in ("expand", "continue") and target.number != here.number)
         )
+        if action == "deescalate" and here.number == 1:
+            raise InvalidInputError.single(
+                "/dose_level",
+                f"there is no dose level below {here.code} to de-escalate to "
+                "(to end the study, decide to stop)",
+            )
         if wrong:
             expected = {
                 "escalate": "the next dose level up",
@@ -789,6 +864,58 @@ class DoseEscalation(Aggregate):
                 f"to {action} from {here.code} the dose level must be {expected}, "
                 f"not {target.code}",
             )
+
+    def _check_nothing_toxic_below(self, target: DoseLevel, doing: str) -> None:
+        """Refuse a dose above a halted or too-toxic one: the 3+3 design never goes there."""
+        for lower in self.levels[: target.number - 1]:
+            dlts = self.dlts_at(lower.code)
+            if lower.code in self.halted or dlts >= _TOO_TOXIC:
+                why = self.halted.get(lower.code) or f"{dlts} DLTs"
+                raise ConflictError(
+                    f"cannot {doing}: it is above {lower.code}, which is "
+                    f"{'halted' if lower.code in self.halted else 'too toxic'} ({why}); "
+                    "no dose above a halted or too-toxic dose is treated or declared the MTD"
+                )
+
+    def _check_cleared_for_escalation(self) -> None:
+        """Escalation needs the current dose cleared: 0 DLTs in 3, or at most 1 in 6."""
+        here = self.current_cohort.dose_level
+        evaluated = sum(1 for s in self.slots_at(here) if s.state == SlotState.EVALUATED)
+        dlts = self.dlts_at(here)
+        cleared = (evaluated >= COHORT_SIZE and dlts == 0) or (
+            evaluated >= MAX_PER_DOSE and dlts < _TOO_TOXIC
+        )
+        if not cleared:
+            raise ConflictError(
+                f"cannot escalate from {here}: {dlts} DLT(s) in {evaluated} evaluated patients; "
+                f"the 3+3 design escalates only after 0 DLTs in {COHORT_SIZE} or at most 1 in "
+                f"{MAX_PER_DOSE} evaluated patients at the current dose"
+            )
+
+    def _check_mtd(self, target: DoseLevel) -> None:
+        """A declared MTD: enough evaluated patients, at most 1 DLT, nothing pending there."""
+        code = target.code
+        evaluated = sum(1 for s in self.slots_at(code) if s.state == SlotState.EVALUATED)
+        pending = sum(1 for s in self.slots_at(code) if s.state == SlotState.PENDING)
+        dlts = self.dlts_at(code)
+        needed = self.settings.mtd_requires
+        refusal = f"{code} cannot be declared the MTD"
+        if dlts >= _TOO_TOXIC:
+            raise ConflictError(
+                f"{refusal}: {dlts} DLTs in {evaluated} evaluated patients make it too toxic "
+                "(the MTD has at most 1 DLT)"
+            )
+        if evaluated < needed:
+            raise ConflictError(
+                f"{refusal}: it has {evaluated} evaluated patient(s) and the study requires "
+                f"{needed} (settings.escalation.mtd_requires)"
+            )
+        if pending:
+            # With mtd_requires 3 a later cohort at the dose may still be in its window.
+            raise ConflictError(
+                f"{refusal}: the DLT outcome of {pending} patient(s) there is still pending"
+            )
+        self._check_nothing_toxic_below(target, f"declare {code} the MTD")
 
     def _check_target(self, target: DoseLevel) -> None:
         dlts = self.dlts_at(target.code)
@@ -871,7 +998,7 @@ class DoseEscalation(Aggregate):
     def _dose_halted(
         self, dose_level: str, dlts: int, evaluated: int, rule: str, audit: dict[str, Any]
     ) -> None:
-        self.halted[dose_level] = f"{dlts} DLTs in {evaluated} evaluated patients"
+        self.halted[dose_level] = halt_reason(dlts, evaluated)
 
     @event(DecisionRecorded)
     def _decision_recorded(

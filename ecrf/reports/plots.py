@@ -130,3 +130,93 @@ def _step_at(curve: Sequence[Mapping[str, Any]], t: float) -> float:
             break
         current = _value(point["survival"])
     return current
+
+
+# How each DLT outcome is drawn on the cohort plot: (marker, colour, filled, legend label).
+COHORT_MARKERS: dict[str, tuple[str, str, bool, str]] = {
+    "N": ("o", "#2e7d32", True, "no DLT"),
+    "T": ("X", "#c62828", True, "DLT"),
+    "pending": ("o", "#757575", False, "pending"),
+    "not_evaluable": ("s", "#5d4037", False, "not evaluable (replaced)"),
+}
+_DECISION_COLOUR = "#1565c0"
+
+
+def cohort_plot(
+    points: Sequence[Mapping[str, Any]],
+    levels: Sequence[tuple[int, str]],
+    decisions: Sequence[Mapping[str, Any]],
+    title: str,
+    x_label: str,
+) -> bytes:
+    """Patients per dose level over time, marked by DLT outcome; SRC decisions as lines.
+
+    ``points``: ``{"when", "level", "outcome"}`` per patient (``level`` is the dose
+    number, ``outcome`` a key of ``COHORT_MARKERS``); ``levels``: (number, tick label);
+    ``decisions``: ``{"at", "label"}``. Patients at one level are spread a little
+    vertically so that a cohort enrolled on one day stays readable.
+    """
+    from matplotlib.figure import Figure  # imported on use: it is slow to import
+
+    figure = Figure(figsize=(10, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_title(title, fontsize=10)
+    axes.set_yticks([number for number, _ in levels])
+    axes.set_yticklabels([label for _, label in levels])
+    axes.set_ylim(0.4, max((number for number, _ in levels), default=1) + 0.6)
+    axes.set_ylabel("Dose level")
+    if not points and not decisions:
+        axes.text(
+            0.5, 0.5, "No patients enrolled yet", ha="center", va="center", transform=axes.transAxes
+        )
+        axes.set_xticks([])
+        return _png(figure)
+    seen_at_level: dict[int, int] = {}
+    by_outcome: dict[str, tuple[list[Any], list[float]]] = {}
+    for point in points:
+        index = seen_at_level.get(point["level"], 0)
+        seen_at_level[point["level"]] = index + 1
+        spread = ((index % 6) - 2.5) * 0.06
+        xs, ys = by_outcome.setdefault(point["outcome"], ([], []))
+        xs.append(point["when"])
+        ys.append(point["level"] + spread)
+    for outcome, (xs, ys) in by_outcome.items():
+        marker, colour, filled, label = COHORT_MARKERS[outcome]
+        axes.scatter(
+            xs,
+            ys,
+            marker=marker,
+            s=110 if outcome == "T" else 70,
+            facecolors=colour if filled else "none",
+            edgecolors=colour,
+            linewidths=1.5,
+            label=label,
+            zorder=3,
+        )
+    for number, decision in enumerate(decisions):
+        at = decision["at"]
+        axes.axvline(
+            at,
+            color=_DECISION_COLOUR,
+            linestyle="--",
+            linewidth=1,
+            zorder=1,
+            label="SRC decision" if number == 0 else None,
+        )
+        axes.annotate(
+            decision["label"],
+            xy=(at, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            rotation=90,
+            va="top",
+            fontsize=7,
+            color=_DECISION_COLOUR,
+        )
+    # Datetimes go in as they are: matplotlib's date converter picks the ticks.
+    axes.tick_params(axis="x", labelrotation=30)
+    axes.set_xlabel(x_label)
+    axes.grid(visible=True, axis="y", alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _png(figure)

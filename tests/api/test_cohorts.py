@@ -1,13 +1,18 @@
 """Enrolment, the cohort state and signed SRC decisions through the HTTP API.
 
-The walk-through reproduces the PROTOCOL.md worked case `1NNN 2NTT` (back to dose 1) and
-its continuation `1NNN 2NTT 1NNT` (stop, MTD dose 1) end to end.
+Whole trials are walked through the API, GET /cohorts checked after every step: the
+PROTOCOL.md worked case `1NNN 2NTT 1NNT` (too toxic at dose 2, back to dose 1, stop with
+MTD dose 1), escalation to the top dose and an MTD there, `1NTT` (stop with no MTD), and a
+non-evaluable patient replaced at the same dose.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -66,14 +71,20 @@ def assess(api: Api, subject_id: str, outcome: str) -> None:
     assert response.status_code == 201, response.text
 
 
-def treat(api: Api, first: int, outcomes: str, dose_level: str) -> list[str]:
-    """Enrol one subject per letter, infuse them, then sign their DLT assessments."""
-    subjects = [eligible(api, first + i) for i in range(len(outcomes))]
+def enrol_and_infuse(api: Api, first: int, count: int, dose_level: str) -> list[str]:
+    """Enrol ``count`` new eligible subjects (numbered from ``first``) and infuse them."""
+    subjects = [eligible(api, first + i) for i in range(count)]
     for subject_id in subjects:
         response = enrol(api, subject_id)
         assert response.status_code == 201, response.text
         assert response.json()["dose_level"] == dose_level
         infuse(api, subject_id, dose_level)
+    return subjects
+
+
+def treat(api: Api, first: int, outcomes: str, dose_level: str) -> list[str]:
+    """Enrol one subject per letter, infuse them, then sign their DLT assessments."""
+    subjects = enrol_and_infuse(api, first, len(outcomes), dose_level)
     for subject_id, letter in zip(subjects, outcomes, strict=True):
         assess(api, subject_id, letter)
     return subjects
@@ -102,6 +113,86 @@ def cohorts(api: Api, as_user: str = "src") -> dict[str, Any]:
 def level(state: dict[str, Any], dose_level: str) -> dict[str, Any]:
     row: dict[str, Any] = next(r for r in state["levels"] if r["dose_level"] == dose_level)
     return row
+
+
+COUNTS = ("assigned", "infused", "evaluable", "dlt", "pending", "status")
+"""The fields of each GET /cohorts level that a walk checks at every step, in this order."""
+
+Counts = tuple[int, int, int, int, int, str]
+Levels = dict[str, Counts]
+UNTREATED: Counts = (0, 0, 0, 0, 0, "closed")
+FRESH: Levels = {"DL1": (0, 0, 0, 0, 0, "open"), "DL2": UNTREATED, "DL3": UNTREATED}
+
+
+@dataclass
+class Walk:
+    """A whole trial driven through the API, checking GET /cohorts after every step.
+
+    Each check compares the outcome string (API.md notation), the engine's recommendation
+    (action, dose level, and a rule a reviewer can read), the counts and status of every
+    dose level, and the decisions recorded so far with whether they follow the engine.
+    """
+
+    api: Api
+    outcomes: str = ""
+    recommendation: tuple[str, str | None] = ("continue", "DL1")
+    decisions: list[tuple[str, str | None, bool]] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    enrolled: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, levels: Levels, *, written: int = 0) -> dict[str, Any]:
+        """GET /cohorts and compare it with what this step must show."""
+        state = cohorts(self.api)
+        assert state["outcomes"] == self.outcomes
+        advice = state["recommendation"]
+        assert (advice["action"], advice["dose_level"]) == self.recommendation, advice
+        assert len(advice["rule"]) > 20, advice
+        counts = {r["dose_level"]: tuple(r[k] for k in COUNTS) for r in state["levels"]}
+        assert counts == levels
+        decided = [
+            (d["action"], d["dose_level"], d["follows_recommendation"]) for d in state["decisions"]
+        ]
+        assert decided == self.decisions
+        # Served from the projection: a writer reads its own write.
+        assert state["position"] >= written
+        self.state = state
+        return state
+
+    def enrol(self, dose_level: str, count: int, levels: Levels) -> list[str]:
+        """Enrol and infuse ``count`` new subjects at ``dose_level`` (outcomes pending)."""
+        subjects = enrol_and_infuse(self.api, self.enrolled + 1, count, dose_level)
+        self.enrolled += count
+        self.pending += subjects
+        self.check(levels)
+        return subjects
+
+    def assess(
+        self, letters: str, outcomes: str, recommendation: tuple[str, str | None], levels: Levels
+    ) -> None:
+        """Sign the next pending patients' DLT assessments: N, T, or X (not evaluable)."""
+        for letter in letters:
+            assess(self.api, self.pending.pop(0), letter)
+        self.outcomes, self.recommendation = outcomes, recommendation
+        self.check(levels)
+
+    def decide(
+        self, action: str, dose_level: str | None, levels: Levels, rationale: str = ""
+    ) -> dict[str, Any]:
+        """Record a decision; one with a rationale is expected to depart from the engine."""
+        given = self.state["recommendation"]
+        response = decide(self.api, action, dose_level, rationale=rationale)
+        assert response.status_code == 201, response.text
+        decision: dict[str, Any] = response.json()
+        follows = not rationale
+        assert (decision["action"], decision["dose_level"]) == (action, dose_level)
+        assert decision["follows_recommendation"] is follows
+        assert decision["recommendation"] == given
+        assert decision["outcomes"] == self.outcomes
+        assert (decision["signer"], decision["meaning"]) == ("src", "approval")
+        self.decisions.append((action, dose_level, follows))
+        self.check(levels, written=decision["position"])
+        return decision
 
 
 class TestEnrolment:
@@ -288,72 +379,373 @@ class TestDecisions:
         assert cohorts(api)["enrolment"]["dose_level"] == "DL1"
 
 
-def test_protocol_worked_case_end_to_end(api: Api) -> None:
-    """PROTOCOL.md: `1NNN 2NTT` -> back to dose 1; `1NNN 2NTT 1NNT` -> stop, MTD 1."""
-    treat(api, 1, "NNN", "DL1")
-    state = cohorts(api, "crc")
-    assert state["outcomes"] == "1NNN"
-    assert (state["recommendation"]["action"], state["recommendation"]["dose_level"]) == (
-        "escalate",
-        "DL2",
-    )
-    assert "awaiting the Safety Review Committee decision" in enrol(api, eligible(api, 90)).text
-    response = decide(api, "escalate", "DL2")
-    assert response.status_code == 201, response.text
-    first = response.json()
-    assert (first["signer"], first["meaning"], first["follows_recommendation"]) == (
-        "src",
-        "approval",
-        True,
-    )
+class TestWholeTrials:
+    def test_protocol_worked_case_end_to_end(self, api: Api) -> None:
+        """PROTOCOL.md: `1NNN 2NTT` -> back to dose 1; `1NNN 2NTT 1NNT` -> stop, MTD 1."""
+        walk = Walk(api)
+        walk.check(FRESH)
+        walk.enrol("DL1", 3, {"DL1": (3, 3, 0, 0, 3, "open"), "DL2": UNTREATED, "DL3": UNTREATED})
+        assert "DLT window pending" in enrol(api, eligible(api, 90)).text
+        walk.assess(
+            "NNN",
+            "1NNN",
+            ("escalate", "DL2"),
+            {"DL1": (3, 3, 3, 0, 0, "open"), "DL2": UNTREATED, "DL3": UNTREATED},
+        )
+        assert "awaiting the Safety Review Committee decision" in enrol(api, "CHH-S090").text
+        walk.decide(
+            "escalate",
+            "DL2",
+            {"DL1": (3, 3, 3, 0, 0, "closed"), "DL2": (0, 0, 0, 0, 0, "open"), "DL3": UNTREATED},
+        )
+        walk.enrol(
+            "DL2",
+            3,
+            {"DL1": (3, 3, 3, 0, 0, "closed"), "DL2": (3, 3, 0, 0, 3, "open"), "DL3": UNTREATED},
+        )
+        walk.assess(
+            "NTT",
+            "1NNN 2NTT",
+            ("deescalate", "DL1"),
+            {"DL1": (3, 3, 3, 0, 0, "closed"), "DL2": (3, 3, 3, 2, 0, "halted"), "DL3": UNTREATED},
+        )
+        assert "halted" in enrol(api, "CHH-S090").json()["detail"]
+        walk.decide(
+            "deescalate",
+            "DL1",
+            {"DL1": (3, 3, 3, 0, 0, "open"), "DL2": (3, 3, 3, 2, 0, "halted"), "DL3": UNTREATED},
+        )
+        walk.enrol(
+            "DL1",
+            3,
+            {"DL1": (6, 6, 3, 0, 3, "open"), "DL2": (3, 3, 3, 2, 0, "halted"), "DL3": UNTREATED},
+        )
+        walk.assess(
+            "NNT",
+            "1NNN 2NTT 1NNT",
+            ("stop", "DL1"),
+            {"DL1": (6, 6, 6, 1, 0, "open"), "DL2": (3, 3, 3, 2, 0, "halted"), "DL3": UNTREATED},
+        )
+        assert walk.state["recommendation"]["mtd"] == "DL1"
+        walk.decide(
+            "stop",
+            "DL1",
+            {"DL1": (6, 6, 6, 1, 0, "closed"), "DL2": (3, 3, 3, 2, 0, "halted"), "DL3": UNTREATED},
+        )
 
-    treat(api, 4, "NTT", "DL2")
-    state = cohorts(api, "pi")
-    assert state["outcomes"] == "1NNN 2NTT"
-    assert (state["recommendation"]["action"], state["recommendation"]["dose_level"]) == (
-        "deescalate",
-        "DL1",
+        state = cohorts(api, "cra")
+        assert (state["stopped"], state["mtd"]) == (True, "DL1")
+        assert [d["outcomes"] for d in state["decisions"]] == [
+            "1NNN",
+            "1NNN 2NTT",
+            "1NNN 2NTT 1NNT",
+        ]
+        assert [c["dose_level"] for c in state["cohorts"]] == ["DL1", "DL2", "DL1"]
+        assert state["enrolment"]["open"] is False
+        refused = enrol(api, "CHH-S090")
+        assert refused.status_code == 409
+        assert "study is stopped" in refused.json()["detail"]
+        assert decide(api, "stop", None, rationale=WHY).status_code == 409
+
+    def test_escalate_to_the_top_dose_and_declare_the_mtd(self, api: Api) -> None:
+        """`1NNN 2NNN 3NNN` -> expand at the top dose (an MTD needs 6) -> `3NNT` -> MTD 3."""
+        done: Counts = (3, 3, 3, 0, 0, "closed")
+        walk = Walk(api)
+        walk.check(FRESH)
+        walk.enrol("DL1", 3, {"DL1": (3, 3, 0, 0, 3, "open"), "DL2": UNTREATED, "DL3": UNTREATED})
+        walk.assess(
+            "NNN",
+            "1NNN",
+            ("escalate", "DL2"),
+            {"DL1": (3, 3, 3, 0, 0, "open"), "DL2": UNTREATED, "DL3": UNTREATED},
+        )
+        walk.decide(
+            "escalate", "DL2", {"DL1": done, "DL2": (0, 0, 0, 0, 0, "open"), "DL3": UNTREATED}
+        )
+        walk.enrol("DL2", 3, {"DL1": done, "DL2": (3, 3, 0, 0, 3, "open"), "DL3": UNTREATED})
+        walk.assess(
+            "NNN",
+            "1NNN 2NNN",
+            ("escalate", "DL3"),
+            {"DL1": done, "DL2": (3, 3, 3, 0, 0, "open"), "DL3": UNTREATED},
+        )
+        walk.decide("escalate", "DL3", {"DL1": done, "DL2": done, "DL3": (0, 0, 0, 0, 0, "open")})
+        walk.enrol("DL3", 3, {"DL1": done, "DL2": done, "DL3": (3, 3, 0, 0, 3, "open")})
+        walk.assess(
+            "NNN",
+            "1NNN 2NNN 3NNN",
+            ("expand", "DL3"),
+            {"DL1": done, "DL2": done, "DL3": (3, 3, 3, 0, 0, "open")},
+        )
+        assert "6 evaluated patients" in walk.state["recommendation"]["rule"]
+        early = decide(api, "stop", "DL3", rationale=WHY)
+        assert early.status_code == 409, early.text
+        assert "requires 6" in early.json()["detail"]
+        walk.decide("expand", "DL3", {"DL1": done, "DL2": done, "DL3": (3, 3, 3, 0, 0, "open")})
+        opened = walk.state["enrolment"]
+        assert (opened["open"], opened["dose_level"], opened["open_slots"]) == (True, "DL3", 3)
+        walk.enrol("DL3", 3, {"DL1": done, "DL2": done, "DL3": (6, 6, 3, 0, 3, "open")})
+        walk.assess(
+            "NNT",
+            "1NNN 2NNN 3NNN 3NNT",
+            ("stop", "DL3"),
+            {"DL1": done, "DL2": done, "DL3": (6, 6, 6, 1, 0, "open")},
+        )
+        assert walk.state["recommendation"]["mtd"] == "DL3"
+        walk.decide("stop", "DL3", {"DL1": done, "DL2": done, "DL3": (6, 6, 6, 1, 0, "closed")})
+        assert (walk.state["stopped"], walk.state["mtd"]) == (True, "DL3")
+        assert len(walk.state["slots"]) == 12
+
+    def test_too_toxic_at_the_first_dose_stops_with_no_mtd(self, api: Api) -> None:
+        """`1NTT`: the second DLT halts dose 1; stop with no MTD."""
+        walk = Walk(api)
+        walk.check(FRESH)
+        walk.enrol("DL1", 3, {"DL1": (3, 3, 0, 0, 3, "open"), "DL2": UNTREATED, "DL3": UNTREATED})
+        walk.assess(
+            "NT",
+            "1NT",
+            ("continue", "DL1"),
+            {"DL1": (3, 3, 2, 1, 1, "open"), "DL2": UNTREATED, "DL3": UNTREATED},
+        )
+        walk.assess(
+            "T",
+            "1NTT",
+            ("stop", None),
+            {"DL1": (3, 3, 3, 2, 0, "halted"), "DL2": UNTREATED, "DL3": UNTREATED},
+        )
+        assert walk.state["recommendation"]["mtd"] is None
+        assert "no MTD" in walk.state["recommendation"]["rule"]
+        refused = decide(api, "stop", "DL1", rationale=WHY)
+        assert refused.status_code == 409
+        assert "too toxic" in refused.json()["detail"]
+        walk.decide(
+            "stop", None, {"DL1": (3, 3, 3, 2, 0, "halted"), "DL2": UNTREATED, "DL3": UNTREATED}
+        )
+        assert (walk.state["stopped"], walk.state["mtd"]) == (True, None)
+        assert "study is stopped" in enrol(api, eligible(api, 90)).json()["detail"]
+
+    def test_a_non_evaluable_patient_is_replaced_at_the_same_dose(self, api: Api) -> None:
+        """`1NXN`: the slot of the non-evaluable patient is released and a new one opens."""
+        walk = Walk(api)
+        walk.check(FRESH)
+        first = walk.enrol(
+            "DL1", 3, {"DL1": (3, 3, 0, 0, 3, "open"), "DL2": UNTREATED, "DL3": UNTREATED}
+        )
+        assert walk.state["enrolment"]["open"] is False
+        walk.assess(
+            "NX",
+            "1N",
+            ("continue", "DL1"),
+            {"DL1": (3, 3, 1, 0, 1, "open"), "DL2": UNTREATED, "DL3": UNTREATED},
+        )
+        assert (
+            level(walk.state, "DL1")["not_evaluable"],
+            level(walk.state, "DL1")["open_slots"],
+        ) == (
+            1,
+            1,
+        )
+        released = next(s for s in walk.state["slots"] if s["subject_id"] == first[1])
+        assert (released["slot"], released["outcome"]) == (2, "not_evaluable")
+        opened = walk.state["enrolment"]
+        assert (opened["open"], opened["dose_level"], opened["cohort"], opened["open_slots"]) == (
+            True,
+            "DL1",
+            1,
+            1,
+        )
+        (replacement,) = walk.enrol(
+            "DL1", 1, {"DL1": (4, 4, 1, 0, 2, "open"), "DL2": UNTREATED, "DL3": UNTREATED}
+        )
+        slot = next(s for s in walk.state["slots"] if s["subject_id"] == replacement)
+        assert (slot["slot"], slot["cohort"], slot["dose_level"]) == (4, 1, "DL1")
+        assert level(walk.state, "DL1")["open_slots"] == 0
+        walk.assess(
+            "NN",
+            "1NNN",
+            ("escalate", "DL2"),
+            {"DL1": (4, 4, 3, 0, 0, "open"), "DL2": UNTREATED, "DL3": UNTREATED},
+        )
+        walk.decide(
+            "escalate",
+            "DL2",
+            {"DL1": (4, 4, 3, 0, 0, "closed"), "DL2": (0, 0, 0, 0, 0, "open"), "DL3": UNTREATED},
+        )
+        walk.enrol(
+            "DL2",
+            3,
+            {"DL1": (4, 4, 3, 0, 0, "closed"), "DL2": (3, 3, 0, 0, 3, "open"), "DL3": UNTREATED},
+        )
+        walk.assess(
+            "NNN",
+            "1NNN 2NNN",
+            ("escalate", "DL3"),
+            {"DL1": (4, 4, 3, 0, 0, "closed"), "DL2": (3, 3, 3, 0, 0, "open"), "DL3": UNTREATED},
+        )
+
+
+class TestRefusals:
+    """What the protocol forbids is refused (409) even with a written justification."""
+
+    def test_a_dose_never_treated_is_never_the_mtd(self, api: Api) -> None:
+        response = decide(api, "stop", "DL3", rationale=WHY)
+        assert response.status_code == 409, response.text
+        assert "DL3 cannot be declared the MTD" in response.json()["detail"]
+        assert "0 evaluated patient(s)" in response.json()["detail"]
+        state = cohorts(api)
+        assert (state["mtd"], state["stopped"], state["decisions"]) == (None, False, [])
+        assert state["enrolment"]["open"] is True
+
+    def test_the_mtd_needs_the_evaluated_patients_the_study_requires(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        response = decide(api, "stop", "DL1", rationale=WHY)
+        assert response.status_code == 409
+        assert "3 evaluated patient(s) and the study requires 6" in response.json()["detail"]
+
+    def test_a_too_toxic_dose_is_never_the_mtd(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "escalate", "DL2").status_code == 201
+        treat(api, 4, "NTT", "DL2")
+        response = decide(api, "stop", "DL2", rationale=WHY)
+        assert response.status_code == 409
+        assert "too toxic" in response.json()["detail"]
+
+    def test_no_dose_above_a_halted_one_is_opened(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "escalate", "DL2").status_code == 201
+        treat(api, 4, "TT", "DL2")
+        response = decide(api, "escalate", "DL3", rationale=WHY)
+        assert response.status_code == 409
+        assert "above DL2, which is halted" in response.json()["detail"]
+        assert cohorts(api)["decisions"][-1]["action"] == "escalate"  # only the first
+
+    def test_escalation_needs_the_current_dose_cleared(self, api: Api) -> None:
+        treat(api, 1, "NNT", "DL1")
+        response = decide(api, "escalate", "DL2", rationale=WHY)
+        assert response.status_code == 409
+        assert "cannot escalate from DL1: 1 DLT(s) in 3" in response.json()["detail"]
+
+    def test_a_too_toxic_or_closed_level_is_not_expanded(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "escalate", "DL2").status_code == 201
+        treat(api, 4, "NTT", "DL2")
+        toxic = decide(api, "expand", "DL2", rationale=WHY)
+        assert toxic.status_code == 409
+        assert "too toxic" in toxic.json()["detail"]
+        closed = decide(api, "expand", "DL1", rationale=WHY)
+        assert closed.status_code == 422
+        assert closed.json()["detail"][0]["path"] == "/dose_level"
+
+    def test_no_deescalation_below_the_first_dose(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        response = decide(api, "deescalate", "DL1", rationale=WHY)
+        assert response.status_code == 422
+        (problem,) = response.json()["detail"]
+        assert problem["path"] == "/dose_level"
+        assert "no dose level below DL1" in problem["message"]
+
+    @pytest.mark.parametrize(
+        ("action", "dose_level"),
+        [("escalate", "DL2"), ("expand", "DL1"), ("deescalate", "DL1"), ("stop", None)],
     )
-    assert level(state, "DL2")["status"] == "halted"
-    assert "halted" in enrol(api, "CHH-S090").json()["detail"]
-    assert decide(api, "deescalate", "DL1").status_code == 201
+    def test_nothing_is_decided_after_the_stop(
+        self, api: Api, action: str, dose_level: str | None
+    ) -> None:
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "stop", None, rationale=WHY).status_code == 201
+        response = decide(api, action, dose_level, rationale=WHY)
+        assert response.status_code == 409
+        assert "already stopped" in response.json()["detail"]
 
-    treat(api, 7, "NNT", "DL1")
-    state = cohorts(api, "fda")
-    assert state["outcomes"] == "1NNN 2NTT 1NNT"
-    assert state["recommendation"]["action"] == "stop"
-    assert state["recommendation"]["mtd"] == "DL1"
-    response = decide(api, "stop", "DL1")
-    assert response.status_code == 201, response.text
+    def test_a_more_cautious_decision_is_allowed_and_flagged(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "escalate", "DL2").status_code == 201
+        treat(api, 4, "NTT", "DL2")
+        assert decide(api, "deescalate", "DL1").status_code == 201
+        treat(api, 7, "NNT", "DL1")
+        assert cohorts(api)["recommendation"]["mtd"] == "DL1"
+        assert decide(api, "stop", None).status_code == 422  # needs a justification
+        response = decide(api, "stop", None, rationale=WHY)
+        assert response.status_code == 201, response.text
+        state = cohorts(api)
+        assert (state["mtd"], state["stopped"]) == (None, True)
+        assert state["decisions"][-1]["follows_recommendation"] is False
+        assert state["decisions"][-1]["rationale"] == WHY
 
-    state = cohorts(api, "cra")
-    assert state["stopped"] is True
-    assert state["mtd"] == "DL1"
-    assert [(d["action"], d["dose_level"]) for d in state["decisions"]] == [
-        ("escalate", "DL2"),
-        ("deescalate", "DL1"),
-        ("stop", "DL1"),
-    ]
-    assert [d["outcomes"] for d in state["decisions"]] == [
-        "1NNN",
-        "1NNN 2NTT",
-        "1NNN 2NTT 1NNT",
-    ]
-    rows = {r["dose_level"]: r for r in state["levels"]}
-    assert {k: rows["DL1"][k] for k in ("assigned", "infused", "evaluable", "dlt")} == {
-        "assigned": 6,
-        "infused": 6,
-        "evaluable": 6,
-        "dlt": 1,
-    }
-    assert {k: rows["DL2"][k] for k in ("assigned", "evaluable", "dlt", "status")} == {
-        "assigned": 3,
-        "evaluable": 3,
-        "dlt": 2,
-        "status": "halted",
-    }
-    assert rows["DL3"]["assigned"] == 0
-    refused = enrol(api, "CHH-S090")
-    assert refused.status_code == 409
-    assert "study is stopped" in refused.json()["detail"]
-    assert decide(api, "stop", None, rationale=WHY).status_code == 409
+
+class TestReading:
+    def test_the_plot_shows_patients_over_time(self, api: Api) -> None:
+        from matplotlib import image
+
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "escalate", "DL2").status_code == 201
+        first, second, _ = enrol_and_infuse(api, 4, 3, "DL2")
+        assess(api, first, "T")
+        assess(api, second, "X")
+        for x in ("assigned", "infused"):
+            response = api.get("cra", "/cohorts/plot.png", params={"x": x})
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "image/png"
+            assert int(response.headers["X-Log-Position"]) > 0
+            pixels = image.imread(io.BytesIO(response.content), format="png")
+            height, width, _ = pixels.shape
+            assert (height, width) == (420, 1000)
+            rgb = (pixels[:, :, :3] * 255).round()
+
+            def near(colour: str, rgb: Any = rgb) -> int:
+                target = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+                return int((abs(rgb - target).max(axis=2) < 12).sum())
+
+            assert near("#c62828") > 50, x  # the DLT marker
+            assert near("#2e7d32") > 50, x  # patients without a DLT
+            assert near("#5d4037") > 20, x  # the non-evaluable patient
+            assert near("#1565c0") > 50, x  # the decision line and its label
+
+    def test_the_plot_of_an_empty_trial_is_a_png(self, api: Api) -> None:
+        from matplotlib import image
+
+        response = api.get("src", "/cohorts/plot.png")
+        assert response.status_code == 200
+        pixels = image.imread(io.BytesIO(response.content), format="png")
+        assert pixels.shape[:2] == (420, 1000)
+
+    def test_a_bad_plot_axis_is_422(self, api: Api) -> None:
+        assert api.get("src", "/cohorts/plot.png", params={"x": "slot"}).status_code == 422
+
+    def test_the_cohorts_as_of_a_moment_are_the_state_then(self, api: Api) -> None:
+        before_anything = datetime.now(UTC)
+        treat(api, 1, "NNN", "DL1")
+        assert decide(api, "escalate", "DL2").status_code == 201
+        then = cohorts(api)
+        moment = datetime.now(UTC)
+        treat(api, 4, "NTT", "DL2")
+        assert decide(api, "deescalate", "DL1").status_code == 201
+        replayed = api.get("src", "/cohorts", params={"as_of": moment.isoformat()}).json()
+        assert replayed["as_of"] is not None
+        assert replayed["position"] <= then["position"]
+        unchanged = ("levels", "recommendation", "decisions", "outcomes", "cohorts", "slots")
+        assert {k: replayed[k] for k in unchanged} == {k: then[k] for k in unchanged}
+        assert replayed["enrolment"] == then["enrolment"]
+        assert cohorts(api)["outcomes"] == "1NNN 2NTT"
+        empty = api.get("src", "/cohorts", params={"as_of": before_anything.isoformat()}).json()
+        assert (empty["outcomes"], empty["slots"], empty["decisions"]) == ("", [], [])
+        assert empty["position"] < then["position"]
+        assert [r["assigned"] for r in empty["levels"]] == [0, 0, 0]
+        assert api.get("src", "/cohorts", params={"as_of": "soon"}).status_code == 422
+
+    def test_a_reader_sees_the_decision_just_made(self, api: Api) -> None:
+        treat(api, 1, "NNN", "DL1")
+        decision = decide(api, "escalate", "DL2").json()
+        response = api.get("cra", "/cohorts")
+        assert int(response.headers["X-Log-Position"]) >= decision["position"]
+        body = response.json()
+        assert body["position"] >= decision["position"]
+        assert body["decisions"][-1]["decision_hash"] == decision["decision_hash"]
+        assert body["enrolment"]["dose_level"] == "DL2"
+
+    def test_other_sites_subjects_are_not_named(self, api: Api) -> None:
+        api.user("elsewhere", ["site_staff"], [])
+        treat(api, 1, "N", "DL1")
+        (slot,) = cohorts(api, "elsewhere")["slots"]
+        assert (slot["subject_id"], slot["outcome"], slot["infused"]) == (None, "N", True)
+        assert cohorts(api, "crc")["slots"][0]["subject_id"] == "CHH-S001"

@@ -16,6 +16,7 @@ import pytest
 from ecrf.domain.errors import ConflictError, InvalidInputError
 from ecrf.domain.escalation import (
     DoseEscalation,
+    EscalationState,
     NoSlotError,
     SignedOutcome,
     enrolment_problems,
@@ -342,6 +343,147 @@ class TestDecisions:
         assert esc.outcomes() == "1NNN 2NNN 3NTT 2NTT 1NNN"
         assert len(esc.slots) == 15
         assert esc.mtd == "DL1"
+
+
+class TestRefusals:
+    """What PROTOCOL.md forbids is refused (409) even with a written justification."""
+
+    def refused(self, esc: DoseEscalation, action: str, dose: str | None, match: str) -> None:
+        decisions = list(esc.decisions)
+        with pytest.raises(ConflictError, match=match):
+            decide(esc, action, dose, WHY)
+        assert esc.decisions == decisions
+        assert not esc.stopped
+
+    def test_a_dose_never_treated_is_never_the_mtd(self) -> None:
+        self.refused(escalation(), "stop", "DL3", r"DL3 cannot be declared the MTD: it has 0")
+
+    def test_the_mtd_needs_mtd_requires_evaluated_patients(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        self.refused(esc, "stop", "DL1", r"3 evaluated patient\(s\) and the study requires 6")
+        lenient = escalation(mtd_requires=3)
+        cohort(lenient, "NNN")
+        decision = decide(lenient, "stop", "DL1", WHY)
+        assert (decision.follows_recommendation, lenient.mtd) == (False, "DL1")
+
+    def test_a_too_toxic_dose_is_never_the_mtd(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        decide(esc, "escalate", "DL2")
+        cohort(esc, "NTT")
+        self.refused(esc, "stop", "DL2", "2 DLTs in 3 evaluated patients make it too toxic")
+
+    def test_no_mtd_while_outcomes_are_pending_there(self) -> None:
+        esc = escalation(mtd_requires=3)
+        cohort(esc, "NNT")
+        decide(esc, "expand", "DL1")
+        enrol(esc, 3)
+        self.refused(esc, "stop", "DL1", r"outcome of 3 patient\(s\) there is still pending")
+
+    def test_no_mtd_above_a_too_toxic_dose(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        decide(esc, "escalate", "DL2")
+        cohort(esc, "NNN")
+        decide(esc, "expand", "DL2", WHY)
+        cohort(esc, "NNN")
+        decide(esc, "deescalate", "DL1", WHY)
+        cohort(esc, "TT")
+        assert esc.level_status("DL1") == "halted"
+        self.refused(esc, "stop", "DL2", "above DL1, which is halted")
+        decision = decide(esc, "stop", None)
+        assert (decision.follows_recommendation, esc.mtd) == (True, None)
+
+    def test_no_dose_above_a_halted_one_is_opened(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        decide(esc, "escalate", "DL2")
+        cohort(esc, "TT")
+        self.refused(esc, "escalate", "DL3", "cannot open DL3: it is above DL2, which is halted")
+
+    def test_escalation_needs_the_current_dose_cleared(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNT")
+        self.refused(esc, "escalate", "DL2", r"cannot escalate from DL1: 1 DLT\(s\) in 3")
+        decide(esc, "expand", "DL1")
+        cohort(esc, "NNT")
+        # 2 of 6: too toxic, and DL1 is the lowest dose.
+        self.refused(esc, "escalate", "DL2", "above DL1, which is halted")
+
+    def test_one_dlt_in_six_clears_the_dose(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNT")
+        decide(esc, "expand", "DL1")
+        cohort(esc, "NNN")
+        assert decide(esc, "escalate", "DL2").follows_recommendation
+
+    @pytest.mark.parametrize("action", ["expand", "continue"])
+    def test_a_too_toxic_level_is_not_expanded(self, action: str) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        decide(esc, "escalate", "DL2")
+        cohort(esc, "NTT")
+        self.refused(esc, action, "DL2", "too toxic")
+
+    def test_a_closed_level_is_not_expanded(self) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        decide(esc, "escalate", "DL2")
+        cohort(esc, "NNN")
+        with pytest.raises(InvalidInputError) as refused:
+            decide(esc, "expand", "DL1", WHY)
+        assert refused.value.problems[0].path == "/dose_level"
+
+    def test_no_deescalation_below_the_first_dose(self) -> None:
+        esc = escalation()
+        cohort(esc, "NTT")
+        with pytest.raises(InvalidInputError) as refused:
+            decide(esc, "deescalate", "DL1", WHY)
+        (problem,) = refused.value.problems
+        assert problem.path == "/dose_level"
+        assert "no dose level below DL1" in problem.message
+
+    @pytest.mark.parametrize(
+        ("action", "dose"),
+        [("escalate", "DL2"), ("expand", "DL1"), ("continue", "DL1"), ("stop", "DL1")],
+    )
+    def test_nothing_is_decided_after_the_stop(self, action: str, dose: str) -> None:
+        esc = escalation()
+        cohort(esc, "NNN")
+        decide(esc, "stop", None, WHY)
+        with pytest.raises(ConflictError, match="already stopped"):
+            decide(esc, action, dose, WHY)
+        assert len(esc.decisions) == 1
+
+    def test_a_more_cautious_mtd_is_allowed_and_flagged(self) -> None:
+        esc = escalation()
+        for outcomes, action, dose, why in [
+            ("NNN", "expand", "DL1", WHY),
+            ("NNN", "escalate", "DL2", ""),
+            ("NNN", "expand", "DL2", WHY),
+            ("NNT", "escalate", "DL3", ""),
+        ]:
+            cohort(esc, outcomes)
+            decide(esc, action, dose, why)
+        cohort(esc, "NTT")
+        advice = esc.recommendation()
+        assert (advice.action, advice.mtd) == ("stop", "DL2")
+        decision = decide(esc, "stop", "DL1", WHY)
+        assert decision.follows_recommendation is False
+        assert esc.mtd == "DL1"
+
+
+class TestState:
+    def test_the_planned_state_reads_like_a_fresh_escalation(self) -> None:
+        levels, plan = escalation_plan(STUDY)
+        fresh = escalation()
+        state = EscalationState.planned(levels, plan, fresh.created_on)
+        assert state.levels == fresh.levels
+        assert state.cohorts == fresh.cohorts
+        assert state.enrolment() == fresh.enrolment()
+        assert state.recommendation() == fresh.recommendation()
+        assert state.level_counts(()) == fresh.level_counts(())
 
 
 class TestReplay:

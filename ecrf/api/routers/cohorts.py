@@ -1,14 +1,19 @@
-"""Enrolment and dose escalation: slots, the 3+3 cohort state, and signed SRC decisions."""
+"""Enrolment and dose escalation: slots, the 3+3 cohort state, and signed SRC decisions.
+
+Enrolment and decisions load the DoseEscalation aggregate (they must see its latest
+state); the cohort view and its plot read the DoseCohorts projection, caught up first so
+that a client reads its own write, or replayed as it stood at ``as_of``.
+"""
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict
-from itertools import pairwise
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from ecrf.api.deps import App, CurrentActor
+from ecrf.api.deps import App, CurrentActor, Projections
 from ecrf.api.models import (
     CohortPublic,
     CohortsPublic,
@@ -20,9 +25,27 @@ from ecrf.api.models import (
     SlotPublic,
 )
 from ecrf.commands import DecideDose, EnrolSubject
-from ecrf.domain.escalation import Decision, EscalationSnapshot
+from ecrf.domain.access import Action, Actor
+from ecrf.domain.escalation import Decision
+from ecrf.reports.plots import cohort_plot
+from projections.dose_cohorts import CohortsReading, load_dose_cohorts
 
 router = APIRouter(tags=["enrolment and dose escalation"])
+
+AsOf = Annotated[
+    datetime | None,
+    Query(description="ISO 8601 instant: the cohorts exactly as they stood then (UTC if no zone)"),
+]
+PlotAxis = Annotated[
+    Literal["assigned", "infused"],
+    Query(description="x axis: when each patient was assigned a slot (default) or infused"),
+]
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 @router.post("/subjects/{subject_id}/enrolment", status_code=status.HTTP_201_CREATED)
@@ -42,9 +65,19 @@ def enrol_subject(
 
 
 @router.get("/cohorts")
-def get_cohorts(application: App, actor: CurrentActor) -> CohortsPublic:
+def get_cohorts(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    response: Response,
+    as_of: AsOf = None,
+) -> CohortsPublic:
     """Dose levels, outcomes in 3+3 notation, the recommendation, and SRC decisions."""
-    return cohorts_public(application.cohorts(actor))
+    actor.role_for(Action.READ_CLINICAL)
+    moment = _utc(as_of)
+    reading = load_dose_cohorts(runner, application.forms.study, as_of=moment)
+    response.headers["X-Log-Position"] = str(reading.position)
+    return cohorts_public(reading, actor, moment)
 
 
 @router.post("/cohorts/decisions", status_code=status.HTTP_201_CREATED)
@@ -59,9 +92,21 @@ def decide_dose(application: App, actor: CurrentActor, body: DecideDose) -> Deci
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
 )
-def cohorts_plot(application: App, actor: CurrentActor) -> Response:
-    """Patients per dose level in cohort order, DLTs marked (PNG)."""
-    return Response(plot_png(application.cohorts(actor)), media_type="image/png")
+def cohorts_plot(
+    application: App,
+    runner: Projections,
+    actor: CurrentActor,
+    as_of: AsOf = None,
+    x: PlotAxis = "assigned",
+) -> Response:
+    """Patients per dose level over time, DLTs and non-evaluable patients marked (PNG)."""
+    actor.role_for(Action.READ_CLINICAL)
+    reading = load_dose_cohorts(runner, application.forms.study, as_of=_utc(as_of))
+    return Response(
+        plot_png(reading, x),
+        media_type="image/png",
+        headers={"X-Log-Position": str(reading.position)},
+    )
 
 
 def decision_public(decision: Decision, position: int | None = None) -> DecisionPublic:
@@ -71,15 +116,21 @@ def decision_public(decision: Decision, position: int | None = None) -> Decision
     return DecisionPublic(**fields, position=position)
 
 
-def cohorts_public(snapshot: EscalationSnapshot) -> CohortsPublic:
-    """The escalation state as the API shows it."""
-    escalation = snapshot.escalation
+def cohorts_public(
+    reading: CohortsReading, actor: Actor, as_of: datetime | None = None
+) -> CohortsPublic:
+    """The escalation state as the API shows it; other sites' subject ids are hidden."""
+    escalation = reading.state
+    infused = reading.infused
     advice = escalation.recommendation()
     slots = sorted(escalation.slots.values(), key=lambda s: (s.cohort, s.slot))
+
+    def visible(subject_id: str) -> bool:
+        site = reading.site_of(subject_id)
+        return site is not None and actor.sees_site(site, Action.READ_CLINICAL)
+
     return CohortsPublic(
-        levels=[
-            DoseLevelPublic(**asdict(row)) for row in escalation.level_counts(snapshot.infused)
-        ],
+        levels=[DoseLevelPublic(**asdict(row)) for row in escalation.level_counts(infused)],
         recommendation=RecommendationPublic(**advice.as_dict()),
         mtd=escalation.mtd,
         decisions=[decision_public(d) for d in escalation.decisions],
@@ -101,63 +152,50 @@ def cohorts_public(snapshot: EscalationSnapshot) -> CohortsPublic:
                 slot=s.slot,
                 cohort=s.cohort,
                 dose_level=s.dose_level,
-                subject_id=s.subject_id if s.subject_id in snapshot.visible else None,
+                subject_id=s.subject_id if visible(s.subject_id) else None,
                 outcome=s.outcome,
-                infused=s.subject_id in snapshot.infused,
+                infused=s.subject_id in infused,
                 assigned_at=s.assigned_at,
+                infused_at=reading.infused_at(s.subject_id),
             )
             for s in slots
         ],
-        position=snapshot.position,
+        position=reading.position,
+        as_of=as_of,
     )
 
 
-_MARKERS = {
-    "N": {"marker": "o", "color": "#2e7d32", "label": "no DLT"},
-    "T": {"marker": "X", "color": "#c62828", "label": "DLT"},
-    "pending": {"marker": "o", "color": "#9e9e9e", "label": "pending", "fill": "none"},
-    "not_evaluable": {"marker": "s", "color": "#616161", "label": "not evaluable", "fill": "none"},
-}
-
-
-def plot_png(snapshot: EscalationSnapshot) -> bytes:
-    """Each patient in cohort order at their dose level, marked by DLT outcome."""
-    escalation = snapshot.escalation
-    slots = sorted(escalation.slots.values(), key=lambda s: (s.cohort, s.slot))
-    from matplotlib.figure import Figure  # imported on use: it is slow to import
-
-    figure = Figure(figsize=(9, 3.5), dpi=100)
-    axes = figure.add_subplot()
-    seen: set[str] = set()
-    for x, slot in enumerate(slots, start=1):
-        style = _MARKERS[slot.outcome]
-        axes.scatter(
-            [x],
-            [escalation.level(slot.dose_level).number],
-            marker=style["marker"],
-            s=90,
-            facecolors=style.get("fill", style["color"]),
-            edgecolors=style["color"],
-            label=None if slot.outcome in seen else style["label"],
+def plot_png(reading: CohortsReading, x: str = "assigned") -> bytes:
+    """Each patient at their dose level and date, by DLT outcome; decisions as lines."""
+    escalation = reading.state
+    points = []
+    for slot in sorted(escalation.slots.values(), key=lambda s: (s.cohort, s.slot)):
+        when = reading.infused_at(slot.subject_id) if x == "infused" else None
+        points.append(
+            {
+                # Not infused yet: placed where it was assigned (its outcome is pending).
+                "when": when or slot.assigned_at,
+                "level": escalation.level(slot.dose_level).number,
+                "outcome": slot.outcome,
+            }
         )
-        seen.add(slot.outcome)
-    for x, (previous, current) in enumerate(pairwise(slots), start=1):
-        if previous.cohort != current.cohort:
-            axes.axvline(x + 0.5, color="#e0e0e0", linewidth=1, zorder=0)
-    axes.set_yticks([level.number for level in escalation.levels])
-    axes.set_yticklabels([f"{level.code}\n{level.label}" for level in escalation.levels])
-    axes.set_ylim(0.5, len(escalation.levels) + 0.5)
-    axes.set_xlim(0.5, max(len(slots), 3) + 0.5)
-    axes.set_xlabel("patient (cohort order)")
+    decisions = [
+        {
+            "at": d.at,
+            "label": f"{d.number}: {d.action}" + (f" {d.dose_level}" if d.dose_level else ""),
+        }
+        for d in escalation.decisions
+    ]
     advice = escalation.recommendation()
-    axes.set_title(
+    title = (
         f"{escalation.outcomes() or 'no evaluated patients'}: recommendation {advice.action}"
-        + (f" {advice.dose_level}" if advice.dose_level else ""),
-        fontsize=10,
+        + (f" {advice.dose_level}" if advice.dose_level else "")
+        + (f"; stopped, MTD {escalation.mtd or 'none'}" if escalation.stopped else "")
     )
-    if seen:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return cohort_plot(
+        points,
+        [(level.number, f"{level.code}\n{level.label}") for level in escalation.levels],
+        decisions,
+        title,
+        "date infused (assigned if not yet infused)" if x == "infused" else "date assigned",
+    )
