@@ -5,10 +5,12 @@ SQLite has no LISTEN, and on PostgreSQL the library's database functions that wo
 notifications stay disabled (DESIGN.md), so polling is the one mechanism. A poll that finds
 nothing new costs one indexed query per projection.
 
-Rebuild drops a projection's tables and replays the whole log in batches (one transaction
-per batch, rows and tracking together). Run it while no other process follows the log for
-that projection (the server with ``ECRF_RUN_PROJECTIONS=0``, or stopped): two writers
-replaying the same projection would trip over each other's rows.
+Rebuild drops a projection's tables (or every projection's) and replays the whole log in
+batches, in one pass however many projections: each batch is read and decoded once and
+written to all of them in one transaction, rows and tracking positions together. Run it
+while no other process follows the log for those projections (the server with
+``ECRF_RUN_PROJECTIONS=0``, or stopped): a follower's batches would interleave with the
+replay's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -102,12 +103,9 @@ def rebuild(
 ) -> None:
     """Drop projections and replay the whole log into them, with progress."""
     with _runner(batch_size) as runner:
-        names = list(runner.projections)
-        if name is not None:
-            if name not in runner.projections:
-                known = ", ".join(names)
-                raise typer.BadParameter(f"unknown projection {name!r}; known: {known}")
-            names = [name]
+        if name is not None and name not in runner.projections:
+            known = ", ".join(runner.projections)
+            raise typer.BadParameter(f"unknown projection {name!r}; known: {known}")
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -115,13 +113,13 @@ def rebuild(
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console) as progress:
-            for projection in names:
-                task = progress.add_task(projection, total=None)
+            # All at once is one pass over the log: each batch is read and decoded once.
+            task = progress.add_task(name or "all projections", total=None)
 
-                def advance(done: int, total: int, task: TaskID = task) -> None:
-                    progress.update(task, completed=done, total=total)
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
 
-                runner.rebuild(projection, progress=advance)
+            runner.rebuild(name, progress=advance)
         _print_status(runner)
 
 

@@ -30,18 +30,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    delete,
     select,
-    update,
 )
 
 from ecrf.clinical.grading import crs_grade, icans_grade, ice_score
 from ecrf.domain.subject import Subject
-from projections.runner import Projection, tracking
-
-# Enrolment (dose escalation) is being added to the Subject aggregate separately; until its
-# event class exists the dose level comes from the infusion entry alone.
-ENROLLED: type[Any] | None = getattr(Subject, "Enrolled", None)
+from projections.runner import Projection, change_row, pending, remove_row, tracking
 
 
 class FactTables(NamedTuple):
@@ -74,6 +68,8 @@ def fact_tables(prefix: str, metadata: MetaData) -> FactTables:
         Column("revision", Integer, nullable=False),
         Column("data", JSON, nullable=False),
         Column("signed_revision", Integer),
+        # Log position of the newest signature: which of two signed entries was signed last.
+        Column("signed_position", BigInteger),
         Column("recorded_position", BigInteger, nullable=False),
         Column("position", BigInteger, nullable=False),
     )
@@ -93,13 +89,18 @@ class EntryFacts(Projection):
     @process.register
     def registered(self, domain_event: Subject.Registered, conn: Connection, position: int) -> None:
         """A subject row, without a dose level yet."""
-        conn.execute(
-            self.tables.subjects.insert().values(
-                stream=str(domain_event.originator_id),
-                subject_id=domain_event.subject_id,
-                site=domain_event.site,
-                position=position,
-            )
+        stream = str(domain_event.originator_id)
+        pending(conn).add(
+            self.tables.subjects,
+            stream,
+            {
+                "stream": stream,
+                "subject_id": domain_event.subject_id,
+                "site": domain_event.site,
+                "dose_level": None,
+                "enrolled_at": None,
+                "position": position,
+            },
         )
 
     @process.register
@@ -109,18 +110,21 @@ class EntryFacts(Projection):
         """A new live entry, at revision 1."""
         if domain_event.form not in self.forms:
             return
-        conn.execute(
-            self.tables.entries.insert().values(
-                entry_id=domain_event.entry_id,
-                stream=str(domain_event.originator_id),
-                form=domain_event.form,
-                visit=domain_event.visit,
-                revision=1,
-                data=domain_event.data,
-                signed_revision=None,
-                recorded_position=position,
-                position=position,
-            )
+        pending(conn).add(
+            self.tables.entries,
+            domain_event.entry_id,
+            {
+                "entry_id": domain_event.entry_id,
+                "stream": str(domain_event.originator_id),
+                "form": domain_event.form,
+                "visit": domain_event.visit,
+                "revision": 1,
+                "data": domain_event.data,
+                "signed_revision": None,
+                "signed_position": None,
+                "recorded_position": position,
+                "position": position,
+            },
         )
 
     @process.register
@@ -130,11 +134,29 @@ class EntryFacts(Projection):
         """The entry's data is replaced by the corrected data (which is complete)."""
         if domain_event.form not in self.forms:
             return
-        entries = self.tables.entries
-        conn.execute(
-            update(entries)
-            .where(entries.c.entry_id == domain_event.entry_id)
-            .values(data=domain_event.data, revision=domain_event.revision, position=position)
+        change_row(
+            conn,
+            self.tables.entries.c.entry_id,
+            domain_event.entry_id,
+            data=domain_event.data,
+            revision=domain_event.revision,
+            position=position,
+        )
+
+    @process.register
+    def entry_migrated(
+        self, domain_event: Subject.EntryMigrated, conn: Connection, position: int
+    ) -> None:
+        """An entry moved to a newer form version: its data as validated there (complete)."""
+        if domain_event.form not in self.forms:
+            return
+        change_row(
+            conn,
+            self.tables.entries.c.entry_id,
+            domain_event.entry_id,
+            data=domain_event.data,
+            revision=domain_event.revision,
+            position=position,
         )
 
     @process.register
@@ -144,8 +166,7 @@ class EntryFacts(Projection):
         """A voided entry leaves every analysis (it stays in the audit trail)."""
         if domain_event.form not in self.forms:
             return
-        entries = self.tables.entries
-        conn.execute(delete(entries).where(entries.c.entry_id == domain_event.entry_id))
+        remove_row(conn, self.tables.entries.c.entry_id, domain_event.entry_id)
 
     @process.register
     def entry_signed(
@@ -154,34 +175,26 @@ class EntryFacts(Projection):
         """The revision a signature holds for; a later correction moves past it."""
         if domain_event.form not in self.forms:
             return
-        entries = self.tables.entries
-        conn.execute(
-            update(entries)
-            .where(entries.c.entry_id == domain_event.entry_id)
-            .values(signed_revision=domain_event.revision, position=position)
+        change_row(
+            conn,
+            self.tables.entries.c.entry_id,
+            domain_event.entry_id,
+            signed_revision=domain_event.revision,
+            signed_position=position,
+            position=position,
         )
 
-    def enrolled(self, domain_event: Any, conn: Connection, position: int) -> None:
+    @process.register
+    def enrolled(self, domain_event: Subject.Enrolled, conn: Connection, position: int) -> None:
         """The dose level assigned at enrolment (used until the infusion says otherwise)."""
-        subjects = self.tables.subjects
-        subject_id = getattr(domain_event, "subject_id", None)
-        where = (
-            subjects.c.subject_id == subject_id
-            if isinstance(subject_id, str)
-            else subjects.c.stream == str(domain_event.originator_id)
+        change_row(
+            conn,
+            self.tables.subjects.c.stream,
+            str(domain_event.originator_id),
+            dose_level=domain_event.dose_level,
+            enrolled_at=domain_event.timestamp.isoformat(),
+            position=position,
         )
-        conn.execute(
-            update(subjects)
-            .where(where)
-            .values(
-                dose_level=getattr(domain_event, "dose_level", None),
-                enrolled_at=domain_event.timestamp.isoformat(),
-                position=position,
-            )
-        )
-
-    if ENROLLED is not None:
-        process.register(ENROLLED, enrolled)
 
 
 # Reading ------------------------------------------------------------------------------
@@ -198,6 +211,8 @@ class EntryFact:
     data: Mapping[str, Any]
     signed: bool
     order: int
+    signed_position: int | None = None
+    """Log position of the newest signature while one holds (commit order = signing order)."""
 
 
 @dataclass(frozen=True)
@@ -251,8 +266,9 @@ def read_facts(
                 visit=row["visit"],
                 revision=row["revision"],
                 data=row["data"],
-                signed=row["signed_revision"] == row["revision"],
+                signed=(signed := row["signed_revision"] == row["revision"]),
                 order=row["recorded_position"],
+                signed_position=row["signed_position"] if signed else None,
             )
         )
     return [
@@ -408,10 +424,31 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+ROWS = "rows"
+"""The name of a report's main table."""
+
+
 @dataclass(frozen=True)
 class ReportTable:
-    """A computed report: its column order, its rows, and an optional summary."""
+    """A computed report: its column order, its rows, and an optional summary.
+
+    ``summary_columns`` names the summary's tables (lists of rows, e.g. ``dose_levels``)
+    with their column order, so that each can be written as CSV like the rows.
+    """
 
     columns: tuple[str, ...]
     rows: list[dict[str, Any]]
     summary: dict[str, Any] | None = None
+    summary_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def table_names(self) -> tuple[str, ...]:
+        """``rows`` and the names of the summary's tables."""
+        return (ROWS, *self.summary_columns)
+
+    def table(self, name: str) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        """Columns and rows of one table by name; KeyError for an unknown name."""
+        if name == ROWS:
+            return self.columns, self.rows
+        columns = self.summary_columns[name]
+        rows: list[dict[str, Any]] = (self.summary or {}).get(name, [])
+        return columns, rows

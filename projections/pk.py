@@ -61,6 +61,14 @@ PK_COLUMNS = (
     "auc_0_28",
     "profile",
 )
+PK_LEVEL_COLUMNS = (
+    "dose_level",
+    "n",
+    "cmax_geomean",
+    "cmax_geocv",
+    "auc_0_28_geomean",
+    "auc_0_28_geocv",
+)
 
 
 class PkProfiles(EntryFacts):
@@ -159,5 +167,8 @@ def pk_report(
             }
         )
     return ReportTable(
-        PK_COLUMNS, rows, {"method": method, "unit": chosen.get("unit"), "dose_levels": summary}
+        PK_COLUMNS,
+        rows,
+        {"method": method, "unit": chosen.get("unit"), "dose_levels": summary},
+        {"dose_levels": PK_LEVEL_COLUMNS},
     )

@@ -15,12 +15,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     select,
-    update,
 )
 
 from ecrf.domain.subject import QueryState, Subject
-from projections.runner import Projection
+from projections.runner import Projection, change_row, pending
 
 metadata = MetaData()
 queries = Table(
@@ -49,6 +49,10 @@ casebooks = Table(
     Column("subject_id", String(64), nullable=False),
     Column("site", String(16), nullable=False),
 )
+# One statement object, compiled once: the casebook of a query's stream.
+_casebook = select(casebooks.c.subject_id, casebooks.c.site).where(
+    casebooks.c.stream == bindparam("stream")
+)
 
 
 class QueryList(Projection):
@@ -64,12 +68,11 @@ class QueryList(Projection):
     @process.register
     def registered(self, domain_event: Subject.Registered, conn: Connection, position: int) -> None:
         """Remember the casebook's subject id and site."""
-        conn.execute(
-            casebooks.insert().values(
-                stream=str(domain_event.originator_id),
-                subject_id=domain_event.subject_id,
-                site=domain_event.site,
-            )
+        stream = str(domain_event.originator_id)
+        pending(conn).add(
+            casebooks,
+            stream,
+            {"stream": stream, "subject_id": domain_event.subject_id, "site": domain_event.site},
         )
 
     @process.register
@@ -78,24 +81,29 @@ class QueryList(Projection):
     ) -> None:
         """A new open query."""
         stream = str(domain_event.originator_id)
-        casebook = conn.execute(select(casebooks).where(casebooks.c.stream == stream)).one()
-        conn.execute(
-            queries.insert().values(
-                query_id=domain_event.query_id,
-                subject_id=casebook.subject_id,
-                stream=stream,
-                site=casebook.site,
-                entry_id=domain_event.entry_id,
-                form=domain_event.form,
-                path=domain_event.path,
-                state=QueryState.OPEN,
-                system=domain_event.audit.get("role") == "system",
-                opened_by=domain_event.audit["user"],
-                opened_at=domain_event.timestamp,
-                last_text=domain_event.text,
-                updated_at=domain_event.timestamp,
-                position=position,
-            )
+        casebook = pending(conn).get(casebooks, stream)
+        if casebook is None:
+            found = conn.execute(_casebook, {"stream": stream}).one()
+            casebook = {"subject_id": found.subject_id, "site": found.site}
+        pending(conn).add(
+            queries,
+            domain_event.query_id,
+            {
+                "query_id": domain_event.query_id,
+                "subject_id": casebook["subject_id"],
+                "stream": stream,
+                "site": casebook["site"],
+                "entry_id": domain_event.entry_id,
+                "form": domain_event.form,
+                "path": domain_event.path,
+                "state": QueryState.OPEN,
+                "system": domain_event.audit.get("role") == "system",
+                "opened_by": domain_event.audit["user"],
+                "opened_at": domain_event.timestamp,
+                "last_text": domain_event.text,
+                "updated_at": domain_event.timestamp,
+                "position": position,
+            },
         )
 
     @process.register
@@ -121,13 +129,12 @@ class QueryList(Projection):
 
     @staticmethod
     def _state(conn: Connection, domain_event: Any, position: int, state: str) -> None:
-        conn.execute(
-            update(queries)
-            .where(queries.c.query_id == domain_event.query_id)
-            .values(
-                state=state,
-                last_text=domain_event.text,
-                updated_at=domain_event.timestamp,
-                position=position,
-            )
+        change_row(
+            conn,
+            queries.c.query_id,
+            domain_event.query_id,
+            state=state,
+            last_text=domain_event.text,
+            updated_at=domain_event.timestamp,
+            position=position,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ecrf.config import Settings
+from projections.dose_cohorts import DoseCohorts
 from projections.mrd import MrdCourses
 from projections.pk import PkProfiles
 from projections.query_list import QueryList
@@ -25,6 +26,7 @@ def all_projections() -> list[Projection]:
         PkProfiles(),
         MrdCourses(),
         RecurrenceFreeSurvival(),
+        DoseCohorts(),
     ]
 
 

@@ -12,6 +12,10 @@ Definitions where PROTOCOL.md is silent:
   count among those at risk at the start only.
 - Summary: the Kaplan-Meier curve (``ecrf.clinical.survival``: lifelines, Greenwood
   variance, log-log 95% CI) and its value at ``settings.rfs.horizon_months`` (24).
+  ``followed_to_horizon`` says whether anyone's follow-up (event or censoring time)
+  reaches the horizon. When it does not, lifelines carries the last value of the curve
+  forward, so ``rfs_24m`` is that last value, not an estimate at the horizon; it is kept
+  (API.md: numbers are present and unrounded) and the flag tells a reader to discount it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ RFS_COLUMNS = (
     "infusion_date",
     "end_date",
 )
+CURVE_COLUMNS = ("time", "survival", "lower", "upper", "at_risk")
 
 
 class RecurrenceFreeSurvival(EntryFacts):
@@ -110,8 +115,10 @@ def rfs_report(subjects: Sequence[SubjectFacts], study: Mapping[str, Any]) -> Re
         )
     summary: dict[str, Any] = {
         "horizon_months": horizon,
+        "followed_to_horizon": any(r["time_months"] >= horizon for r in rows),
         "curve": [],
         "rfs_24m": {"estimate": None, "lower": None, "upper": None},
+        "median_months": None,
     }
     if rows:
         fit = kaplan_meier([r["time_months"] for r in rows], [r["event"] for r in rows])
@@ -132,4 +139,4 @@ def rfs_report(subjects: Sequence[SubjectFacts], study: Mapping[str, Any]) -> Re
             "upper": finite(upper),
         }
         summary["median_months"] = fit.median()
-    return ReportTable(RFS_COLUMNS, rows, summary)
+    return ReportTable(RFS_COLUMNS, rows, summary, {"curve": CURVE_COLUMNS})

@@ -4,32 +4,51 @@ Each projection's rows and its tracking position are written in one SQLAlchemy
 transaction, so a crash between the two is impossible and a restart resumes exactly
 where the last committed batch ended. SQLite has no LISTEN, so the runner polls; a read
 can also call ``catch_up`` first to see its own writes.
+
+A batch's new rows are collected in ``PendingRows`` and written with one executemany per
+table just before the tracking position moves (events of the same batch that change such a
+row change it in memory first); statement construction per row, not the database, was
+what a rebuild spent its time on. A projection's table definitions are fingerprinted
+beside its tracking position: when a release changes them, the runner notices at start and
+replays that projection from zero instead of failing on the old tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache, singledispatchmethod
 from typing import Any, ClassVar
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+from eventsourcing.persistence import ApplicationRecorder, Mapper
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
+    Delete,
+    Dialect,
     Engine,
+    Insert,
     MetaData,
     String,
     Table,
+    Update,
+    bindparam,
     create_engine,
+    delete,
     event,
+    inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 tracking_metadata = MetaData()
 tracking = Table(
@@ -38,6 +57,16 @@ tracking = Table(
     Column("name", String(100), primary_key=True),
     Column("position", BigInteger, nullable=False),
 )
+# Beside the tracking position (not in its table, which older releases created without it):
+# the fingerprint of the table definitions the projection's rows were written with.
+schemas = Table(
+    "projection_schemas",
+    tracking_metadata,
+    Column("name", String(100), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+)
+
+Handler = Callable[[Any, Connection, int], None]
 
 
 class Projection(ABC):
@@ -49,6 +78,161 @@ class Projection(ABC):
     @abstractmethod
     def process(self, domain_event: Any, conn: Connection, position: int) -> None:
         """Apply one event (at log ``position``) to the projection's tables."""
+
+    def handler(self, event_type: type) -> Handler | None:
+        """The bound handler for events of ``event_type``; None when they are ignored.
+
+        For a ``process`` that is a singledispatchmethod, the registered handler is looked
+        up once per type instead of dispatched per event. Its default (the ``object``
+        handler) either ignores an event or passes it to the base class's ``process``;
+        so the dispatchers of the class and its bases are asked in MRO order.
+        """
+        dispatchers = [
+            klass.__dict__["process"].dispatcher
+            for klass in type(self).__mro__
+            if isinstance(klass.__dict__.get("process"), singledispatchmethod)
+        ]
+        if not dispatchers:
+            return self.process
+        for dispatcher in dispatchers:
+            found = dispatcher.dispatch(event_type)
+            if found is not dispatcher.registry[object]:
+                bound: Handler = found.__get__(self, type(self))
+                return bound
+        return None
+
+
+# Rows pending in a batch --------------------------------------------------------------
+
+_PENDING = "ecrf_pending_rows"
+
+
+class PendingRows:
+    """Rows a batch inserts, by table and key, written together by ``flush_pending``.
+
+    A handler adds a new row here instead of executing an INSERT; a later event of the same
+    batch that changes or removes the row does so in memory (``get``/``discard``), and only
+    rows not pending are changed with UPDATE/DELETE. The rows written are exactly those the
+    per-event statements would have left.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[Table, dict[Hashable, dict[str, Any]]] = {}
+
+    def add(self, table: Table, key: Hashable, row: dict[str, Any]) -> None:
+        """A new row of ``table``; ``key`` is how later events find it (unique)."""
+        rows = self._rows.setdefault(table, {})
+        if key in rows:
+            # What the INSERT would have said: the primary or unique key is taken.
+            raise ValueError(f"{table.name}: a row for {key!r} is already pending")
+        rows[key] = row
+
+    def get(self, table: Table, key: Hashable) -> dict[str, Any] | None:
+        """The pending row (to change in place), or None if it is not pending."""
+        rows = self._rows.get(table)
+        return rows.get(key) if rows else None
+
+    def discard(self, table: Table, key: Hashable) -> bool:
+        """Forget a pending row; False when it was not pending."""
+        rows = self._rows.get(table)
+        return rows is not None and rows.pop(key, None) is not None
+
+    def write(self, conn: Connection) -> None:
+        """INSERT every pending row, one executemany per table."""
+        for table, rows in self._rows.items():
+            if rows:
+                conn.execute(_inserting(table), list(rows.values()))
+        self._rows.clear()
+
+
+def pending(conn: Connection) -> PendingRows:
+    """The rows pending on this connection until the batch is flushed."""
+    found: PendingRows | None = conn.info.get(_PENDING)
+    if found is None:
+        found = conn.info[_PENDING] = PendingRows()
+    return found
+
+
+def flush_pending(conn: Connection) -> None:
+    """Write the pending rows (before anything reads the tables or the batch commits)."""
+    found: PendingRows | None = conn.info.pop(_PENDING, None)
+    if found is not None:
+        found.write(conn)
+
+
+@cache
+def _inserting(table: Table) -> Insert:
+    return table.insert()
+
+
+@cache
+def updating(column: Column[Any]) -> Update:
+    """UPDATE of the row whose ``column`` equals the parameter ``key_``.
+
+    The SET clause is the other parameters: one statement object per column, so SQLAlchemy
+    compiles it once and reuses it, instead of building a statement for every event.
+    """
+    table = column.table
+    assert isinstance(table, Table)
+    where: ColumnElement[bool] = column == bindparam("key_")
+    return update(table).where(where)
+
+
+@cache
+def deleting(column: Column[Any]) -> Delete:
+    """DELETE of the row whose ``column`` equals the parameter ``key_``."""
+    table = column.table
+    assert isinstance(table, Table)
+    where: ColumnElement[bool] = column == bindparam("key_")
+    return delete(table).where(where)
+
+
+def change_row(conn: Connection, column: Column[Any], key: Any, **values: Any) -> None:
+    """Set ``values`` on the row whose ``column`` is ``key``: pending or stored."""
+    table = column.table
+    assert isinstance(table, Table)
+    row = pending(conn).get(table, key)
+    if row is not None:
+        row.update(values)
+    else:
+        conn.execute(updating(column), {"key_": key, **values})
+
+
+def remove_row(conn: Connection, column: Column[Any], key: Any) -> None:
+    """Remove the row whose ``column`` is ``key``: pending or stored."""
+    table = column.table
+    assert isinstance(table, Table)
+    if not pending(conn).discard(table, key):
+        conn.execute(deleting(column), {"key_": key})
+
+
+# Table definitions --------------------------------------------------------------------
+
+
+def fingerprint(metadata: MetaData, dialect: Dialect) -> str:
+    """A digest of the DDL of a projection's tables and indexes on ``dialect``."""
+    parts = []
+    for table in metadata.sorted_tables:
+        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _columns_match(conn: Connection, metadata: MetaData) -> bool:
+    """Whether every table exists with exactly the columns defined (no fingerprint known)."""
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            return False
+        stored = {c["name"] for c in inspector.get_columns(table.name)}
+        if stored != {c.name for c in table.columns}:
+            return False
+    return True
+
+
+# Engine and transactions --------------------------------------------------------------
 
 
 def make_engine(url: str) -> Engine:
@@ -89,6 +273,8 @@ def writing(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             conn.info.pop(_WRITING, None)
+            # Rows of a failed batch must not be written by the connection's next user.
+            conn.info.pop(_PENDING, None)
 
 
 class ProjectionRunner:
@@ -107,21 +293,45 @@ class ProjectionRunner:
         self.engine = engine
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
+        self._handlers: dict[str, dict[type, Handler | None]] = {p.name: {} for p in projections}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.reset_at_start: list[str] = []
+        """Projections whose stored tables no longer matched their definitions: replayed."""
         with writing(engine) as conn:
             if conn.dialect.name == "postgresql":
                 # Several processes may start at once; CREATE TABLE IF NOT EXISTS can race.
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('ecrf: read models'))"))
             tracking_metadata.create_all(conn)
+            known = {
+                str(name): str(value)
+                for name, value in conn.execute(select(schemas.c.name, schemas.c.fingerprint))
+            }
+            positions = {
+                str(name): int(position)
+                for name, position in conn.execute(select(tracking.c.name, tracking.c.position))
+            }
             for projection in projections:
-                projection.metadata.create_all(conn)
-            # Every projection has a tracking row from the start, so that SELECT ... FOR
-            # UPDATE always has a row to lock and two runners never apply one batch twice.
-            for projection in projections:
+                # Every projection has a tracking row from the start, so that SELECT ... FOR
+                # UPDATE always has a row to lock and two runners never apply one batch twice.
                 _ensure_tracking(conn, projection.name)
+                digest = fingerprint(projection.metadata, conn.dialect)
+                stored = known.get(projection.name)
+                if stored == digest:
+                    projection.metadata.create_all(conn)  # e.g. a table dropped by hand
+                    continue
+                if stored is None and _columns_match(conn, projection.metadata):
+                    # Written before fingerprints were kept, with the columns defined now.
+                    _set_fingerprint(conn, projection.name, digest)
+                    continue
+                fresh = stored is None and not positions.get(projection.name)
+                # Changed by a new release (or never created): replay from zero, which the
+                # next catch_up does, instead of failing on the old tables.
+                self._reset(conn, [projection])
+                if not fresh:
+                    self.reset_at_start.append(projection.name)
 
     def position(self, name: str) -> int:
         """The log position a projection reflects."""
@@ -133,7 +343,8 @@ class ProjectionRunner:
         """Process every new event (up to ``stop``) for the named projections.
 
         Positions are compared with the log head first, so an idle poll costs two reads;
-        each batch of events is read and decoded once for all lagging projections.
+        each batch of events is read and decoded once for all lagging projections, and
+        each projection applies it in its own transaction.
         """
         with self._lock:
             wanted = list(names or self.projections)
@@ -146,74 +357,91 @@ class ProjectionRunner:
                 if not lagging:
                     return
                 start = min(positions.get(n, 0) for n in lagging)
-                notifications = self.recorder.select_notifications(
-                    start=start, limit=self.batch_size, stop=head, inclusive_of_start=False
-                )
-                if not notifications:
+                events = self._read(start, head)
+                if not events:
                     return
-                events = [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
                 for name in lagging:
-                    self._apply_batch(self.projections[name], events)
+                    with writing(self.engine) as conn:
+                        self._apply(conn, self.projections[name], events)
+
+    def _read(self, start: int, stop: int | None) -> list[tuple[int, Any]]:
+        """The next batch after ``start``, decoded: (position, domain event)."""
+        notifications = self.recorder.select_notifications(
+            start=start, limit=self.batch_size, stop=stop, inclusive_of_start=False
+        )
+        decode = self.mapper.to_domain_event
+        return [(n.id, decode(n)) for n in notifications]
 
     def _positions(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(tracking.c.name, tracking.c.position))
             return {str(name): int(position) for name, position in rows}
 
-    def _apply_batch(self, projection: Projection, events: Sequence[tuple[int, Any]]) -> None:
-        """Apply the events after the projection's position, and move it, in one transaction."""
-        with writing(self.engine) as conn:
-            query = select(tracking.c.position).where(tracking.c.name == projection.name)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            # Re-read under the lock: another runner may have moved it since.
-            position = int(conn.execute(query).scalar() or 0)
-            applied = [(n, e) for n, e in events if n > position]
-            if not applied:
-                return
-            for notification_id, domain_event in applied:
-                projection.process(domain_event, conn, notification_id)
-            _set_position(conn, projection.name, applied[-1][0])
+    def _apply(
+        self, conn: Connection, projection: Projection, events: Sequence[tuple[int, Any]]
+    ) -> None:
+        """Apply the events after the projection's position, and move it (in ``conn``)."""
+        query = select(tracking.c.position).where(tracking.c.name == projection.name)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        # Re-read under the lock: another runner may have moved it since.
+        position = int(conn.execute(query).scalar() or 0)
+        applied = events if events[0][0] > position else [(n, e) for n, e in events if n > position]
+        if not applied:
+            return
+        handlers = self._handlers[projection.name]
+        for notification_id, domain_event in applied:
+            kind = type(domain_event)
+            try:
+                handle = handlers[kind]
+            except KeyError:
+                handle = handlers[kind] = projection.handler(kind)
+            if handle is not None:
+                handle(domain_event, conn, notification_id)
+        flush_pending(conn)
+        # The row exists (see __init__): a cached UPDATE, not an upsert built per batch.
+        conn.execute(
+            updating(tracking.c.name), {"key_": projection.name, "position": applied[-1][0]}
+        )
 
-    def _process_batch(self, projection: Projection, stop: int | None) -> bool:
-        """Process one batch for one projection; True if there may be more."""
-        with writing(self.engine) as conn:
-            query = select(tracking.c.position).where(tracking.c.name == projection.name)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            position = int(conn.execute(query).scalar() or 0)
-            if stop is not None and position >= stop:
-                return False
-            notifications = self.recorder.select_notifications(
-                start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
-            )
-            if not notifications:
-                return False
-            for notification in notifications:
-                self._apply(projection, conn, notification)
-            _set_position(conn, projection.name, notifications[-1].id)
-            return len(notifications) == self.batch_size
+    def _reset(self, conn: Connection, projections: Sequence[Projection]) -> None:
+        """Empty tables of the current definition, position 0 (in the caller's transaction)."""
+        for projection in projections:
+            projection.metadata.drop_all(conn)
+            projection.metadata.create_all(conn)
+            _set_position(conn, projection.name, 0)
+            _set_fingerprint(conn, projection.name, fingerprint(projection.metadata, conn.dialect))
 
-    def _apply(self, projection: Projection, conn: Connection, notification: Notification) -> None:
-        domain_event = self.mapper.to_domain_event(notification)
-        projection.process(domain_event, conn, notification.id)
+    def rebuild(
+        self, name: str | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Drop a projection's tables (all projections' without ``name``) and replay the log.
 
-    def rebuild(self, name: str, progress: Callable[[int, int], None] | None = None) -> None:
-        """Drop a projection's tables and replay the whole log into them."""
-        projection = self.projections[name]
+        One pass: each batch is read and decoded once, and applied to every projection
+        rebuilt in one transaction, with their tracking positions.
+        """
+        chosen = list(self.projections.values()) if name is None else [self.projections[name]]
         with self._lock:
             # One transaction: a crash part-way must not leave empty tables behind an old
             # tracking position (the projection would then never catch up).
             with writing(self.engine) as conn:
-                projection.metadata.drop_all(conn)
-                projection.metadata.create_all(conn)
-                _set_position(conn, name, 0)
+                self._reset(conn, chosen)
             total = int(self.recorder.max_notification_id() or 0)
-            while self._process_batch(projection, None):
+            position = 0
+            while True:
+                events = self._read(position, None)
+                if not events:
+                    break
+                with writing(self.engine) as conn:
+                    for projection in chosen:
+                        self._apply(conn, projection, events)
+                position = events[-1][0]
                 if progress is not None:
-                    progress(self.position(name), total)
+                    progress(min(position, total), max(total, position))
+                if len(events) < self.batch_size:
+                    break
             if progress is not None:
-                progress(total, total)
+                progress(max(total, position), max(total, position))
 
     def start(self, interval: float = 0.2) -> None:
         """Follow the log in a background thread until ``stop``."""
@@ -249,19 +477,29 @@ class ProjectionRunner:
         ]
 
 
+def _upsert(conn: Connection) -> Any:
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
 def _ensure_tracking(conn: Connection, name: str) -> None:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(
-        insert(tracking)
+        _upsert(conn)(tracking)
         .values(name=name, position=0)
         .on_conflict_do_nothing(index_elements=[tracking.c.name])
     )
 
 
 def _set_position(conn: Connection, name: str, position: int) -> None:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(tracking).values(name=name, position=position)
+    statement = _upsert(conn)(tracking).values(name=name, position=position)
     statement = statement.on_conflict_do_update(
         index_elements=[tracking.c.name], set_={"position": position}
+    )
+    conn.execute(statement)
+
+
+def _set_fingerprint(conn: Connection, name: str, digest: str) -> None:
+    statement = _upsert(conn)(schemas).values(name=name, fingerprint=digest)
+    statement = statement.on_conflict_do_update(
+        index_elements=[schemas.c.name], set_={"fingerprint": digest}
     )
     conn.execute(statement)

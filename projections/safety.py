@@ -20,10 +20,11 @@ Definitions where PROTOCOL.md is silent:
   assessment after the last positive one, or an AE ongoing / without resolution date).
   No CRS: grade 0, onset and duration null.
 - DLT: counts only signed dlt_assessment entries (a valid EntrySigned at the entry's
-  current revision; a later correction invalidates it). Per subject the latest recorded
-  signed assessment counts. Evaluable: ``evaluable`` is true, or ``dlt`` is true (a DLT
-  makes a subject evaluable by definition). ``assessed`` counts treated subjects with a
-  signed assessment.
+  current revision; a later correction invalidates it). Per subject the most recently
+  signed assessment counts (the newest valid signature, by log position), the rule the
+  dose-escalation engine applies (``ecrf.domain.escalation.signed_dlt_outcome``).
+  Evaluable: ``evaluable`` is true, or ``dlt`` is true (a DLT makes a subject evaluable by
+  definition). ``assessed`` counts treated subjects with a signed assessment.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 from sqlalchemy import MetaData
 
 from projections.facts import (
+    EntryFact,
     EntryFacts,
     Infusion,
     ReportTable,
@@ -61,6 +63,16 @@ ICANS_TERM = "Immune effector cell-associated neurotoxicity syndrome"
 GRADES = ("1", "2", "3", "4", "5")
 
 TEAE_COLUMNS = ("subject_id", "dose_level", "teae_count", "worst_grade", "serious_count")
+TEAE_LEVEL_COLUMNS = ("dose_level", "treated", "with_teae", "grade_3_plus", "by_worst_grade")
+TEAE_TERM_COLUMNS = (
+    "dose_level",
+    "term",
+    "subjects",
+    "events",
+    "serious_events",
+    "worst_grade",
+    "grade_3_plus",
+)
 CRS_ICANS_COLUMNS = (
     "subject_id",
     "dose_level",
@@ -214,7 +226,12 @@ def teae_report(subjects: Sequence[SubjectFacts], study: Mapping[str, Any]) -> R
             terms.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0][1])
         )
     ]
-    return ReportTable(TEAE_COLUMNS, rows, {"dose_levels": by_level, "terms": by_term})
+    return ReportTable(
+        TEAE_COLUMNS,
+        rows,
+        {"dose_levels": by_level, "terms": by_term},
+        {"dose_levels": TEAE_LEVEL_COLUMNS, "terms": TEAE_TERM_COLUMNS},
+    )
 
 
 @dataclass(frozen=True)
@@ -305,6 +322,20 @@ def crs_icans_report(subjects: Sequence[SubjectFacts], study: Mapping[str, Any])
     return ReportTable(CRS_ICANS_COLUMNS, rows)
 
 
+def latest_signed(entries: Sequence[EntryFact]) -> EntryFact | None:
+    """The entry whose valid signature is the newest (None when none is signed).
+
+    Signatures are ordered by log position, which within one casebook is their time order
+    too; facts without a position (built by hand) fall back to recording order.
+    """
+    signed = [e for e in entries if e.signed]
+    return max(
+        signed,
+        key=lambda e: (-1 if e.signed_position is None else e.signed_position, e.order),
+        default=None,
+    )
+
+
 def dlt_report(subjects: Sequence[SubjectFacts], study: Mapping[str, Any]) -> ReportTable:
     """Per dose level: treated, with a signed DLT assessment, evaluable, with a DLT."""
     treated = _treated(subjects, study)
@@ -314,10 +345,10 @@ def dlt_report(subjects: Sequence[SubjectFacts], study: Mapping[str, Any]) -> Re
     for person in treated:
         level = counts[person.dose_level]
         level["treated"] += 1
-        signed = [e for e in person.subject.live("dlt_assessment") if e.signed]
-        if not signed:
+        latest = latest_signed(person.subject.live("dlt_assessment"))
+        if latest is None:
             continue
-        data = signed[-1].data
+        data = latest.data
         level["assessed"] += 1
         if data.get("evaluable") is True or data.get("dlt") is True:
             level["evaluable"] += 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import singledispatchmethod
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, DateTime, MetaData, String, Table, update
+from sqlalchemy import BigInteger, Column, Connection, DateTime, MetaData, String, Table
 
 from ecrf.domain.subject import Subject
-from projections.runner import Projection
+from projections.runner import Projection, change_row, pending
 
 metadata = MetaData()
 subjects = Table(
@@ -38,29 +38,30 @@ class SubjectDirectory(Projection):
     @process.register
     def registered(self, domain_event: Subject.Registered, conn: Connection, position: int) -> None:
         """A new subject row, in screening."""
-        conn.execute(
-            subjects.insert().values(
-                subject_id=domain_event.subject_id,
-                stream=str(domain_event.originator_id),
-                site=domain_event.site,
-                screening_number=domain_event.screening_number,
-                status="screening",
-                registered_at=domain_event.timestamp,
-                position=position,
-            )
+        stream = str(domain_event.originator_id)
+        pending(conn).add(
+            subjects,
+            stream,
+            {
+                "subject_id": domain_event.subject_id,
+                "stream": stream,
+                "site": domain_event.site,
+                "screening_number": domain_event.screening_number,
+                "status": "screening",
+                "dose_level": None,
+                "registered_at": domain_event.timestamp,
+                "position": position,
+            },
         )
 
     @process.register
     def enrolled(self, domain_event: Subject.Enrolled, conn: Connection, position: int) -> None:
         """The subject is enrolled at a dose level."""
-        self._touch(
-            conn, domain_event, position, status="enrolled", dose_level=domain_event.dose_level
-        )
-
-    @staticmethod
-    def _touch(conn: Connection, domain_event: Any, position: int, **values: Any) -> None:
-        conn.execute(
-            update(subjects)
-            .where(subjects.c.stream == str(domain_event.originator_id))
-            .values(position=position, **values)
+        change_row(
+            conn,
+            subjects.c.stream,
+            str(domain_event.originator_id),
+            status="enrolled",
+            dose_level=domain_event.dose_level,
+            position=position,
         )

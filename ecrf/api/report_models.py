@@ -239,6 +239,7 @@ class RfsSummary(BaseModel):
     """The KM curve and the estimate at the horizon."""
 
     horizon_months: float
+    followed_to_horizon: bool
     curve: list[CurvePointPublic]
     rfs_24m: Estimate
     median_months: float | None = None

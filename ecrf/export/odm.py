@@ -20,6 +20,9 @@ with one casebook, not with the study. Layout and mapping decisions (docs/export
   FormData ``Remove``; signatures are Signature elements; SDV, queries, locks and
   enrolment are audited ``Context`` transactions with an Annotation (comment and a flag
   from the ``CL.ECRF.ACTION`` code list), so every event of the audit trail is present.
+- A migration to a newer form version changes the FormOID, so it is the old version's
+  FormData ``Remove`` (audited, with the reason and an ``entry_migrated`` Annotation) and
+  the new version's FormData ``Insert`` with every value, under the same FormRepeatKey.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ ACTION_CODELIST = "CL.ECRF.ACTION"
 ACTIONS = (
     "entry_verified",
     "entry_signed",
+    "entry_migrated",
     "entry_locked",
     "entry_unlocked",
     "query_opened",
@@ -634,6 +638,11 @@ def write_transaction(w: XmlWriter, domain_event: Any, position: int, subject: S
             "TransactionType": "Upsert" if recorded else "Context",
         },
     )
+    if isinstance(domain_event, Subject.EntryMigrated):
+        _write_migration(w, domain_event, entry, audit, action)
+        w.end("StudyEventData")
+        w.end("SubjectData")
+        return
     form_attrs: dict[str, str | None] = {
         "FormOID": form_oid(entry.form, entry.version),
         "FormRepeatKey": entry.entry_id,
@@ -664,6 +673,45 @@ def write_transaction(w: XmlWriter, domain_event: Any, position: int, subject: S
     w.end("FormData")
     w.end("StudyEventData")
     w.end("SubjectData")
+
+
+def _write_migration(
+    w: XmlWriter, migrated: Subject.EntryMigrated, entry: Entry, audit: _Audit, action: str
+) -> None:
+    """The old version's form instance removed, the new version's inserted with every value."""
+    changed = len(migrated.changes)
+    comment = (
+        f"migrated from {entry.form} v{migrated.from_version} to v{migrated.to_version} "
+        f"(schema sha256 {migrated.schema_sha256}); {changed} value(s) changed"
+    )
+    w.start(
+        "FormData",
+        {
+            "FormOID": form_oid(entry.form, migrated.from_version),
+            "FormRepeatKey": entry.entry_id,
+            "TransactionType": "Remove",
+        },
+    )
+    audit.write(w)
+    _write_annotation(w, audit, comment, action)
+    w.end("FormData")
+    w.start(
+        "FormData",
+        {
+            "FormOID": form_oid(entry.form, migrated.to_version),
+            "FormRepeatKey": entry.entry_id,
+            "TransactionType": "Insert",
+        },
+    )
+    _write_annotation(w, audit, comment, action)
+    w.start(
+        "ItemGroupData",
+        {"ItemGroupOID": group_oid(entry.form, migrated.to_version), "TransactionType": "Insert"},
+    )
+    for tokens, value in leaves(migrated.data):
+        _write_item(w, item_oid(entry.form, migrated.to_version, tokens), value, "Insert", audit)
+    w.end("ItemGroupData")
+    w.end("FormData")
 
 
 def _comment(action: str, domain_event: Any) -> str:

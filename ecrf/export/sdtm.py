@@ -3,10 +3,16 @@
 Domains: DM, EX, AE with SUPPAE, PC, PP, IS, LB, DS, and ADTTE (RFS, ADaM style).
 Decisions (docs/exports.md has the full mapping table):
 
+- Date-times are written in the study's time zone (``timezone`` in study.json): an
+  instant entered with another offset (``Z``) is converted to local time with the local
+  offset (ISO 8601), so the date as written is the local calendar day, the day the reports
+  and ADTTE count with. Dates, and date-times without an offset (study time by rule), are
+  written as entered.
 - Study day (SDTM, no day 0): ``--DY = date - ref + 1`` on or after the reference start
   date and ``date - ref`` before it, with the reference RFSTDTC = the CAR-T infusion; the
-  protocol's day 0 (infusion day) is SDTM day 1. Days use the date portion of the --DTC
-  values as written, so anyone can recompute them from the dataset.
+  protocol's day 0 (infusion day) is SDTM day 1, so --DY = protocol day + 1 on and after
+  it. Days use the date portion of the --DTC values as written, so anyone can recompute
+  them from the dataset.
 - USUBJID = STUDYID-SUBJID; --SPID = the eCRF entry id, tracing every record to its entry.
 - ctDNA (MRD) and RCL results go to LB (standard domain, categorised by LBCAT) together
   with the routine laboratory panel, rather than a custom domain: both are laboratory
@@ -62,9 +68,10 @@ class Dataset:
 
 @dataclass(frozen=True)
 class SdtmPackage:
-    """Every dataset of one export, keyed by lower-case name."""
+    """Every dataset of one export, keyed by lower-case name, and the zone its times are in."""
 
     datasets: dict[str, Dataset] = field(default_factory=dict)
+    time_zone: str = "UTC"
 
     def get(self, name: str) -> Dataset | None:
         """A dataset by (case-insensitive) name."""
@@ -377,6 +384,26 @@ def dtc_date(value: Any) -> date | None:
         return None
 
 
+def local_dtc(value: Any, zone: tzinfo) -> str | None:
+    """A --DTC value in study time: an instant with another offset is converted to ``zone``.
+
+    The result is ISO 8601 with the local offset, so its date portion is the local day. A
+    date, a date-time without offset (study time by rule) or one already at the local
+    offset is returned as written (keeping its precision); so is text that is no ISO value.
+    """
+    text = _text(value)
+    if text is None or "T" not in text:
+        return text
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return text
+    local = moment.astimezone(zone)
+    return text if local.utcoffset() == moment.utcoffset() else local.isoformat()
+
+
 def study_zone(study: Mapping[str, Any]) -> tzinfo:
     """The study's time zone (clinical days are calendar days there)."""
     try:
@@ -425,30 +452,37 @@ def _result(value: float) -> str:
 
 @dataclass(frozen=True)
 class Reference:
-    """What every domain of one subject needs: ids, infusion (RFSTDTC), visits."""
+    """What every domain of one subject needs: ids, infusion (RFSTDTC), time zone."""
 
     studyid: str
     usubjid: str
     infusion: EntryFact | None
     rfstdtc: str | None
     reference_date: date | None
+    zone: tzinfo
+
+    def dtc(self, value: Any) -> str | None:
+        """A date or date-time field as a --DTC value in study time (``local_dtc``)."""
+        return local_dtc(value, self.zone)
 
     def day(self, value: Any) -> int | None:
-        """SDTM study day of a --DTC value."""
-        return study_day(dtc_date(value), self.reference_date)
+        """SDTM study day of a date or date-time field (its local date)."""
+        return study_day(dtc_date(self.dtc(value)), self.reference_date)
 
 
 def reference(study: Mapping[str, Any], casebook: Casebook) -> Reference:
-    """The subject's identifiers and reference start (the first live infusion)."""
+    """The subject's identifiers and reference start (the first live infusion, local time)."""
     studyid = str(study["study_id"])
+    zone = study_zone(study)
     infusion = casebook.first("cart_infusion")
-    rfstdtc = _text(infusion.data.get("infusion_datetime")) if infusion else None
+    rfstdtc = local_dtc(infusion.data.get("infusion_datetime"), zone) if infusion else None
     return Reference(
         studyid=studyid,
         usubjid=f"{studyid}-{casebook.subject_id}",
         infusion=infusion,
         rfstdtc=rfstdtc,
         reference_date=dtc_date(rfstdtc),
+        zone=zone,
     )
 
 
@@ -528,7 +562,7 @@ def dm_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
         infused = _text(ref.infusion.data.get("dose_level")) if ref.infusion else None
         end_dtc = None
         if ref.infusion is not None:
-            end_dtc = _text(ref.infusion.data.get("infusion_end_datetime")) or ref.rfstdtc
+            end_dtc = ref.dtc(ref.infusion.data.get("infusion_end_datetime")) or ref.rfstdtc
         if casebook.dose_level:
             armcd: str = casebook.dose_level
         else:
@@ -550,9 +584,9 @@ def dm_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                 "RFENDTC": end_dtc,
                 "RFXSTDTC": ref.rfstdtc,
                 "RFXENDTC": end_dtc,
-                "RFICDTC": _text(consent.data.get("consent_date")) if consent else None,
-                "RFPENDTC": _text(end.data.get("end_date")) if end else None,
-                "DTHDTC": death,
+                "RFICDTC": ref.dtc(consent.data.get("consent_date")) if consent else None,
+                "RFPENDTC": ref.dtc(end.data.get("end_date")) if end else None,
+                "DTHDTC": ref.dtc(death),
                 "DTHFL": "Y" if death else None,
                 "SITEID": casebook.site,
                 "AGE": _number(demo.get("age")),
@@ -565,7 +599,7 @@ def dm_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                 "ACTARMCD": actarmcd,
                 "ACTARM": _arm(actarmcd, labels),
                 "COUNTRY": _country(study, casebook.site),
-                "DMDTC": _text(demo.get("collection_date")),
+                "DMDTC": ref.dtc(demo.get("collection_date")),
                 "DMDY": ref.day(demo.get("collection_date")),
             }
         )
@@ -599,7 +633,7 @@ def ex_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
             cells, weight = _number(data.get("total_car_t_cells")), _number(data.get("weight_kg"))
             if dose is None and cells is not None and weight:
                 dose = cells / weight
-            start = _text(data.get("infusion_datetime"))
+            start = ref.dtc(data.get("infusion_datetime"))
             _ex_row(
                 rows,
                 ref,
@@ -615,7 +649,7 @@ def ex_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                 EXLOT=_text(data.get("product_lot")),
                 EXADJ=_text(data.get("incomplete_reason")),
                 EXSTDTC=start,
-                EXENDTC=_text(data.get("infusion_end_datetime")) or start,
+                EXENDTC=ref.dtc(data.get("infusion_end_datetime")) or start,
             )
         for entry in casebook.live("lymphodepletion"):
             data = entry.data
@@ -642,8 +676,8 @@ def ex_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                     EXDOSFRQ="QD",
                     EXROUTE="INTRAVENOUS",
                     EXADJ=_text(data.get("deviation_details")),
-                    EXSTDTC=_text(data.get("start_date")),
-                    EXENDTC=_text(data.get("end_date")),
+                    EXSTDTC=ref.dtc(data.get("start_date")),
+                    EXENDTC=ref.dtc(data.get("end_date")),
                 )
     return _sequenced(rows, "EXSEQ", lambda r: (_sort_text(r["EXSTDTC"]), r["EXTRT"]))
 
@@ -708,8 +742,8 @@ def ae_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                 "AEOUT": AE_OUTCOME.get(str(data.get("outcome"))),
                 "AECONTRT": _yes_no(data.get("treatment_given")),
                 "AETOXGR": str(grade) if isinstance(grade, int) else None,
-                "AESTDTC": _text(data.get("onset_date")),
-                "AEENDTC": _text(data.get("resolution_date")),
+                "AESTDTC": ref.dtc(data.get("onset_date")),
+                "AEENDTC": ref.dtc(data.get("resolution_date")),
                 "AESTDY": ref.day(data.get("onset_date")),
                 "AEENDY": ref.day(data.get("resolution_date")),
                 "AEENRTPT": "ONGOING" if data.get("ongoing") is True else None,
@@ -845,7 +879,7 @@ def pc_rows(
                     "PCMETHOD": technique,
                     "PCLLOQ": lloq,
                     **visits.fields(entry.visit),
-                    "PCDTC": _text(data.get("sample_datetime")),
+                    "PCDTC": ref.dtc(data.get("sample_datetime")),
                     "PCDY": ref.day(data.get("sample_datetime")),
                     "PCTPTNUM": _number(data.get("nominal_day")),
                     "PCTPTREF": "CAR-T INFUSION",
@@ -982,7 +1016,7 @@ class _Findings:
 
     def add(self, entry: EntryFact, date_field: str, **values: Any) -> None:
         """One result of ``entry``, dated by its ``date_field``."""
-        when = _text(entry.data.get(date_field))
+        when = self.ref.dtc(entry.data.get(date_field))
         d = self.domain
         self.rows.append(
             {
@@ -1178,7 +1212,7 @@ def _ds_row(
             "DSDECOD": decod,
             "DSCAT": category,
             **visits.fields(entry.visit),
-            "DSSTDTC": _text(when),
+            "DSSTDTC": ref.dtc(when),
             "DSSTDY": ref.day(when),
         }
     )
@@ -1191,16 +1225,14 @@ def adtte_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[
     """ADTTE: recurrence-free survival per treated subject (the RFS report's rule)."""
     settings = study.get("settings", {}).get("rfs", {})
     days_per_month = float(settings.get("days_per_month", 30.4375))
-    zone = study_zone(study)
     rows = []
     for casebook in casebooks:
         ref = reference(study, casebook)
         if ref.infusion is None:
             continue
-        infused_at = instant(ref.infusion.data.get("infusion_datetime"), zone)
-        if infused_at is None:
+        origin = ref.reference_date
+        if origin is None:
             continue
-        origin = infused_at.astimezone(zone).date()
         recurrences, clear = [], []
         for entry in casebook.live("imaging"):
             day = dtc_date(entry.data.get("imaging_date"))
@@ -1285,5 +1317,6 @@ def sdtm_package(
         {
             name: Dataset(name.upper(), DATASET_LABELS[name], variables, rows)
             for name, (variables, rows) in tables.items()
-        }
+        },
+        time_zone=str(study_zone(study)),
     )

@@ -28,6 +28,7 @@ from ecrf.export.sdtm import CHAR, NUM, Dataset, SdtmPackage
 FORMATS = ("csv", "xpt")
 XPT_MAX_CHARS = 200
 XPT_MAX_LABEL = 40
+HEAD_PREFIX = 12
 _TRANSLITERATION = {
     "\u00d7": "x",  # multiplication sign
     "\u00b5": "u",  # micro sign
@@ -101,12 +102,17 @@ def truncated(dataset: Dataset) -> list[str]:
 
 def metadata_document(package: SdtmPackage, cut: LogCut) -> dict[str, Any]:
     """The metadata JSON: the cut it reflects, and every dataset's variables."""
+    time_zone = package.time_zone
     return {
         "standard": "SDTM (SDTMIG 3.3 style) with an ADaM-style ADTTE",
         "ledger": cut.provenance(),
+        "xpt_file_label": xpt_label(cut),
+        "time_zone": time_zone,
         "study_day_rule": (
             "--DY = date - RFSTDTC + 1 on or after RFSTDTC (infusion date), date - RFSTDTC "
-            "before it; no day 0"
+            "before it; no day 0 (protocol day + 1 from the infusion day on). Dates are "
+            f"calendar days in {time_zone}: date-times are written in that zone, with its "
+            "offset"
         ),
         "datasets": [
             {
@@ -183,8 +189,14 @@ def xpt_bytes(dataset: Dataset, label: str = "") -> bytes:
 
 
 def xpt_label(cut: LogCut) -> str:
-    """The XPORT file label: the ledger position (the full head is in the metadata)."""
-    return f"ecrf ledger position {cut.position}"
+    """The XPORT file label: the cut's position and head prefix, within 40 characters.
+
+    ``ledger <position> head <first 12 hex of the head>`` (the prefix the ODM FileOID
+    carries too) fits any position below 10^15; the full head is in ``metadata.json`` and
+    the HTTP headers. A longer position would shorten the prefix, never the position.
+    """
+    label = f"ledger {cut.position} head {cut.head[:HEAD_PREFIX]}"
+    return label[:XPT_MAX_LABEL]
 
 
 def write_package(

@@ -25,6 +25,8 @@ from tests.export_support import expanded_changes, pointer_tokens, without_creat
 
 SUBJECT = "CHH-S001"
 USUBJID = "CEA-CART-CRLM-01-CHH-S001"
+MIGRATION_REASON = "adverse_event v2 released: record the action taken"
+DATA_ACTIONS = ("entry_recorded", "entry_corrected")
 
 
 @dataclass
@@ -40,8 +42,17 @@ def example(api: Api, form: str, index: int = 0) -> dict[str, Any]:
     return data
 
 
-def enter(api: Api, form: str, visit: str, data: dict[str, Any], user: str = "crc") -> str:
-    body = {"form": form, "visit": visit, "data": data}
+def enter(
+    api: Api,
+    form: str,
+    visit: str,
+    data: dict[str, Any],
+    user: str = "crc",
+    version: int | None = None,
+) -> str:
+    body: dict[str, Any] = {"form": form, "visit": visit, "data": data}
+    if version is not None:
+        body["version"] = version
     response = api.post(user, f"/subjects/{SUBJECT}/entries", body)
     assert response.status_code == 201, response.text
     entry_id: str = response.json()["entry_id"]
@@ -65,8 +76,9 @@ def sign(api: Api, path: str, meaning: str = "authorship") -> None:
 
 
 def build_trial(api: Api) -> Trial:
-    """One subject: consent, demographics, infusion, AEs (one corrected, one voided),
-    PK samples, imaging, ctDNA, ADA, RCL, a signed DLT assessment and monitoring."""
+    """One subject: consent, demographics, infusion, AEs (entered on adverse_event v1, one
+    corrected, one voided, one migrated to v2), PK samples, imaging, ctDNA, ADA, RCL, a
+    signed DLT assessment and monitoring."""
     trial = Trial()
     e = trial.entries
     response = api.post("crc", "/subjects", {"site": "CHH", "screening_number": "S001"})
@@ -91,8 +103,11 @@ def build_trial(api: Api) -> Trial:
     }
     e["pk7"] = enter(api, "pk_sample", "D7", pk7)
     e["pk10"] = enter(api, "pk_sample", "D10", example(api, "pk_sample", 0))
-    e["crs"] = enter(api, "adverse_event", "LOG", example(api, "adverse_event", 0))
-    e["neutropenia"] = enter(api, "adverse_event", "LOG", example(api, "adverse_event", 1))
+    # Entered before adverse_event v2 was released (new entries now get v2).
+    e["crs"] = enter(api, "adverse_event", "LOG", example(api, "adverse_event", 0), version=1)
+    e["neutropenia"] = enter(
+        api, "adverse_event", "LOG", example(api, "adverse_event", 1), version=1
+    )
     e["proctalgia"] = enter(api, "adverse_event", "LOG", example(api, "adverse_event", 2))
     voided = api.post(
         "crc",
@@ -125,6 +140,12 @@ def build_trial(api: Api) -> Trial:
         serious=True,
         sae_criteria=criteria,
     )
+    migrated = api.post(
+        "dm",
+        f"{entry_url(e['neutropenia'])}/migrate",
+        {"to_version": 2, "reason": MIGRATION_REASON},
+    )
+    assert migrated.status_code == 200, migrated.text
     ada = {"sample_date": "2023-05-09", "result": "negative"}
     e["ada14"] = enter(api, "ada_test", "D14", ada)
     e["ada_m3"] = enter(api, "ada_test", "M3", example(api, "ada_test", 1))
@@ -184,6 +205,18 @@ def dataset(api: Api, name: str, **params: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(response.text)))
 
 
+def is_migration(record: dict[str, Any]) -> bool:
+    return bool(record["action"] == "entry_migrated")
+
+
+def migrated_leaves(api: Api, record: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every leaf of an entry's data just after its migration, as (pointer, value)."""
+    then = api.get("dm", entry_url(record["entry_id"]), params={"as_of": record["at"]}).json()
+    return expanded_changes(
+        [{"path": f"/{key}", "old": None, "new": value} for key, value in then["data"].items()]
+    )
+
+
 def casebook(api: Api) -> dict[str, Any]:
     body: dict[str, Any] = api.get("dm", f"/subjects/{SUBJECT}").json()
     return body
@@ -218,13 +251,19 @@ class TestOdm:
     ) -> None:
         trail = api.get("dm", f"/subjects/{SUBJECT}/audit").json()
         audits = list(odm_read.audit_entries(odm(api, "transactional").content))
-        # One AuditRecord per event, except data events: one per changed leaf.
+        # A migration re-inserts every value under the new version: its leaves, as data.
+        migrated = {r["position"]: migrated_leaves(api, r) for r in trail if is_migration(r)}
+        # One AuditRecord per event, except data events: one per changed leaf (and one
+        # more for a migration: the old version's form is removed, audited).
         expected = sum(
             len(expanded_changes(r["changes"]))
-            if r["action"] in ("entry_recorded", "entry_corrected")
+            if r["action"] in DATA_ACTIONS
+            else 1 + len(migrated[r["position"]])
+            if is_migration(r)
             else 1
             for r in trail
         )
+        assert migrated
         assert len(audits) == expected
         assert sorted({a.source for a in audits}) == sorted(r["position"] for r in trail)
         by_position = {r["position"]: r for r in trail}
@@ -243,10 +282,36 @@ class TestOdm:
         changes = Counter(
             (r["position"], ".".join(pointer_tokens(path)), orjson.dumps(new))
             for r in trail
-            if r["action"] in ("entry_recorded", "entry_corrected")
-            for path, new in expanded_changes(r["changes"])
+            if r["action"] in DATA_ACTIONS or is_migration(r)
+            for path, new in (
+                migrated[r["position"]] if is_migration(r) else expanded_changes(r["changes"])
+            )
         )
         assert items == changes
+
+    def test_a_migration_removes_the_old_form_and_inserts_the_new_one(
+        self, api: Api, trial: Trial
+    ) -> None:
+        entry_id = trial.entries["neutropenia"]
+        audits = list(odm_read.audit_entries(odm(api, "transactional").content))
+        moved = [a for a in audits if a.entry_id == entry_id and a.reason == MIGRATION_REASON]
+        assert [(a.level, a.transaction) for a in moved if a.level == "FormData"] == [
+            ("FormData", "Remove")
+        ]
+        inserted = {a.item_oid or "" for a in moved if a.level == "ItemData"}
+        assert all(a.transaction == "Insert" and a.user == "USR.dm" for a in moved[1:])
+        assert len(inserted) == len(moved) - 1
+        assert "I.adverse_event.v2.grade" in inserted
+        assert "I.adverse_event.v2.sae_criteria.other_important" in inserted
+        assert all(oid.startswith("I.adverse_event.v2.") for oid in inserted)
+        text = odm(api, "transactional").text
+        assert '<FlagValue CodeListOID="CL.ECRF.ACTION">entry_migrated</FlagValue>' in text
+        assert "migrated from adverse_event v1 to v2" in text
+        # The snapshot holds the entry under the version it now has.
+        snapshot = odm(api).text
+        assert f'FormOID="F.adverse_event.v2" FormRepeatKey="{entry_id}"' in snapshot
+        crs = trial.entries["crs"]
+        assert f'FormOID="F.adverse_event.v1" FormRepeatKey="{crs}"' in snapshot
 
     def test_corrections_voids_and_signatures_are_transactions(
         self, api: Api, trial: Trial
@@ -508,6 +573,34 @@ class TestSdtm:
         assert lengths["AGE"]["type"] == "Num"
         assert metadata["ledger"]["position"] == position(api)
 
+    def test_every_download_states_its_cut(self, api: Api, trial: Trial) -> None:
+        metadata = api.get("fda", "/exports/sdtm/metadata.json").json()
+        ledger = metadata["ledger"]
+        label = f"ledger {ledger['position']} head {ledger['head'][:12]}"
+        assert metadata["xpt_file_label"] == label
+        for name in DOMAINS:
+            for kind in ("csv", "xpt"):
+                response = api.get("fda", f"/exports/sdtm/{name}.{kind}")
+                assert response.status_code == 200, response.text
+                stated = (
+                    response.headers["x-ecrf-ledger-position"],
+                    response.headers["x-ecrf-ledger-head"],
+                    response.headers["x-ecrf-as-of"],
+                )
+                assert stated == (str(ledger["position"]), ledger["head"], ledger["as_of"])
+            # The XPT file carries its cut inside: the label names position and head.
+            assert response.content[:80].startswith(b"HEADER RECORD*******LIBRARY HEADER")
+            assert label.encode() in response.content[:1000], name
+        # A CSV's cut, kept from its headers, gives the same metadata later on.
+        correct(api, trial.entries["neutropenia"], 2, "Typo", grade=3)
+        params = {"as_of": ledger["as_of"]}
+        again = api.get("fda", "/exports/sdtm/metadata.json", params=params).json()
+        assert (again["ledger"]["position"], again["ledger"]["head"]) == (
+            ledger["position"],
+            ledger["head"],
+        )
+        assert again["xpt_file_label"] == label
+
     def test_an_as_of_dataset_equals_the_one_taken_then(self, api: Api, trial: Trial) -> None:
         then = api.get("fda", "/exports/sdtm/ae.csv")
         as_of = then.headers["x-ecrf-as-of"]
@@ -556,3 +649,62 @@ class TestRefusals:
         odm(api, "transactional")
         dataset(api, "dm")
         assert position(api) == before
+
+
+# Study time --------------------------------------------------------------------------------
+
+
+def test_a_utc_infusion_near_midnight_agrees_with_the_reports(api: Api) -> None:
+    """17:00 UTC on 24 April is 01:00 on 25 April in Shanghai: day 0 is 25 April everywhere."""
+    subject = "CHH-Z01"
+    response = api.post("crc", "/subjects", {"site": "CHH", "screening_number": "Z01"})
+    assert response.status_code == 201, response.text
+
+    def add(form: str, visit: str, data: dict[str, Any]) -> None:
+        body = {"form": form, "visit": visit, "data": data}
+        added = api.post("crc", f"/subjects/{subject}/entries", body)
+        assert added.status_code == 201, added.text
+
+    add(
+        "cart_infusion",
+        "D0",
+        {
+            "infusion_datetime": "2023-04-24T17:00:00Z",
+            "infusion_end_datetime": "2023-04-24T17:20:00Z",
+            "dose_level": "DL1",
+            "weight_kg": 62.0,
+            "total_car_t_cells": 62_000_000,
+        },
+    )
+    for term, onset in (("Nausea", "2023-04-24"), ("Fever", "2023-04-25")):
+        ae = {"term": term, "onset_date": onset, "ongoing": True, "grade": 1, "serious": False}
+        add("adverse_event", "LOG", {**ae, "relationship": "possible"})
+    scan = {"imaging_date": "2023-07-24", "modality": "CT", "adequate": True, "recurrence": False}
+    add("imaging", "M3", scan)
+
+    timeline = api.get("fda", f"/subjects/{subject}/timeline").json()
+    protocol_day = {
+        ("infusion" if r["category"] == "infusion" else r["what"].split()[2]): r["study_day"]
+        for r in timeline["rows"]
+        if r["category"] in ("infusion", "adverse_event")
+    }
+    assert timeline["infusion_date"] == "2023-04-25"
+    assert protocol_day == {"infusion": 0, "Nausea": -1, "Fever": 0}
+    (teae,) = api.get("fda", "/reports/safety/teae").json()["rows"]
+    assert teae["teae_count"] == 1  # the fever, on day 0
+    (rfs,) = api.get("fda", "/reports/efficacy/rfs").json()["rows"]
+
+    (dm,) = dataset(api, "dm")
+    assert (dm["RFSTDTC"], dm["RFXSTDTC"], dm["RFXENDTC"]) == (
+        "2023-04-25T01:00:00+08:00",
+        "2023-04-25T01:00:00+08:00",
+        "2023-04-25T01:20:00+08:00",
+    )
+    (ex,) = dataset(api, "ex")
+    assert (ex["EXSTDTC"], ex["EXSTDY"]) == ("2023-04-25T01:00:00+08:00", "1")
+    ae_days = {r["AETERM"]: int(r["AESTDY"]) for r in dataset(api, "ae")}
+    # SDTM day = protocol day + 1 from the infusion day on (no day 0), equal before it.
+    assert ae_days == {"Nausea": protocol_day["Nausea"], "Fever": protocol_day["Fever"] + 1}
+    (adtte,) = dataset(api, "adtte")
+    assert adtte["STARTDT"] == dm["RFSTDTC"][:10] == rfs["infusion_date"] == "2023-04-25"
+    assert math.isclose(float(adtte["AVAL"]), rfs["time_months"])

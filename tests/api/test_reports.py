@@ -18,17 +18,29 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
 
+from ecrf.api.app import create_app
+from ecrf.config import Settings
+from ecrf.domain.escalation import signed_dlt_outcome
+from ecrf.domain.ids import subject_stream
+from ecrf.forms import default_forms_dir
+from ecrf.reports.tables import cell
+from projections.as_of import replay_as_of
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 from tests.api.conftest import PASSWORD, Api
+from tests.rows import comparable
 
 CHECK_TIMES = (0, 0.0417, 1, 4, 7, 10, 14, 21, 28)
 CHECK_QPCR = (0, 1200, 850, 5300, 42000, 61000, 18000, 7400, 2900)
@@ -422,6 +434,55 @@ class TestSafety:
         trial.sign("b_dlt")
         assert report(trial.api, "/reports/safety/dlt")["rows"][0]["dlt"] == 1
 
+    def test_the_most_recently_signed_assessment_counts_as_in_the_escalation(
+        self, api_settings: Settings, tmp_path: Path
+    ) -> None:
+        # study.json collects one DLT assessment (D28, not repeatable); a study that repeats
+        # the visit can have two signed ones, and then the report and the escalation
+        # engine must pick the same: the most recently signed.
+        forms = tmp_path / "forms"
+        shutil.copytree(default_forms_dir(), forms)
+        study = json.loads((forms / "study.json").read_text(encoding="utf-8"))
+        for visit in study["visits"]:
+            if visit["code"] == "D28":
+                visit["repeatable"] = True
+        (forms / "study.json").write_text(json.dumps(study), encoding="utf-8")
+        with TestClient(create_app(replace(api_settings, forms_dir=forms))) as client:
+            api = Api(client)
+            for username, role in (("crc", "site_staff"), ("pi", "investigator")):
+                api.user(username, [role])
+            api.user("src", ["safety_reviewer"], [])
+            trial = Trial(api)
+            b = trial.register("B02")
+            trial.enter(b, "cart_infusion", "D0", infusion(B_INFUSED))
+            colitis = adverse_event("Colitis", on(B_INFUSED, 10), 3, resolution=on(B_INFUSED, 24))
+            colitis_id = trial.enter(b, "adverse_event", "LOG", colitis)["entry_id"]
+            first = {"assessment_date": on(B_INFUSED, 28), "evaluable": True, "dlt": True}
+            first |= {
+                "ae_entry_ids": [colitis_id],
+                "dlt_categories": ["non_haematological_grade_3_over_7_days"],
+            }
+            trial.enter(b, "dlt_assessment", "D28", first, "first")
+            trial.sign("first")
+            later = {"assessment_date": on(B_INFUSED, 29), "evaluable": True, "dlt": False}
+            trial.enter(b, "dlt_assessment", "D28", {**later, "ae_entry_ids": []}, "later")
+            trial.sign("later")
+            application = client.app.state.application  # type: ignore[attr-defined]
+
+            def counted() -> tuple[list[str], str | None]:
+                row = report(api, "/reports/safety/dlt")["rows"][0]
+                subject = application.repository.get(subject_stream(b))
+                outcome = signed_dlt_outcome(subject)
+                return row["subjects_with_dlt"], outcome.entry_id if outcome else None
+
+            assert counted() == ([], trial.entries["later"]["entry_id"])
+            # The first one, recorded first, is corrected and signed again: now the newest.
+            trial.correct("first", {"comment": "confirmed on review"})
+            assert counted() == ([], trial.entries["later"]["entry_id"])
+            trial.sign("first")
+            assert counted() == ([b], trial.entries["first"]["entry_id"])
+            assert report(api, "/reports/safety/dlt")["rows"][0]["assessed"] == 1
+
     def test_rcl_and_ada_rows(self, trial: Trial) -> None:
         rows = report(trial.api, "/reports/safety/rcl-ada")["rows"]
         assert [(r["subject_id"], r["test"], r["study_day"], r["result"]) for r in rows] == [
@@ -490,6 +551,8 @@ class TestEfficacy:
         )
         # Events at 153 and 269 days with 3 and 2 at risk: S = 2/3 * 1/2.
         assert body["summary"]["rfs_24m"]["estimate"] == pytest.approx(1 / 3)
+        # Nobody was followed 24 months (B the longest, 12): the value is carried forward.
+        assert body["summary"]["followed_to_horizon"] is False
         curve = body["summary"]["curve"]
         assert [(p["time"], p["at_risk"]) for p in curve] == [
             (0.0, 3),
@@ -588,7 +651,8 @@ class TestAsOf:
             replayed = report(api, path, as_of=moment.isoformat())
             assert replayed["rows"] == then["rows"], path
             assert replayed.get("summary") == then.get("summary"), path
-            assert replayed["position"] <= then["position"]
+            # Nothing was written between the moment and the reports taken then.
+            assert replayed["position"] == then["position"], path
             assert replayed["as_of"] is not None
         changed = [
             path
@@ -604,6 +668,41 @@ class TestAsOf:
             "/reports/safety/teae",
             "/subjects/CHH-C03/timeline",
         ]
+
+    def test_as_of_now_is_the_live_report_position_included(self, trial: Trial) -> None:
+        api = trial.api
+        # The last events are of types the clinical projections never read: a query
+        # and a sign-in. Live and as_of(now) both state the log head all the same.
+        query = {"path": "/grade", "text": "Source document?"}
+        assert api.post("cra", f"{trial.url('c_diarrhea')}/queries", query).status_code == 201
+        api.tokens.pop("src")
+        api.headers("src")
+        head = api.client.app.state.application.max_position()  # type: ignore[attr-defined]
+        live = {path: report(api, path) for path in (*REPORTS, "/subjects/CHH-A01/timeline")}
+        now = datetime.now(UTC).isoformat()
+        for path, body in live.items():
+            replayed = report(api, path, as_of=now)
+            assert replayed["position"] == body["position"] == head, path
+            assert {**replayed, "as_of": None} == {**body, "as_of": None}, path
+
+    def test_an_as_of_position_is_the_export_cut_at_that_moment(self, trial: Trial) -> None:
+        api = trial.api
+        time.sleep(0.02)
+        moment = datetime.now(UTC).isoformat()
+        time.sleep(0.02)
+        trial.correct("c_diarrhea", {"grade": 3})
+        # A sign-in only: an event no report reads, yet part of the log as it stood.
+        api.tokens.pop("cra")
+        api.headers("cra")
+        later = datetime.now(UTC).isoformat()
+        for instant in (moment, later):
+            cut = api.get("fda", "/exports/sdtm/metadata.json", params={"as_of": instant})
+            position = cut.json()["ledger"]["position"]
+            for path in ("/reports/safety/teae", "/reports/efficacy/rfs"):
+                assert report(api, path, as_of=instant)["position"] == position, (path, instant)
+        assert report(api, "/reports/safety/teae", as_of=later)["position"] == (
+            api.client.app.state.application.max_position()  # type: ignore[attr-defined]
+        )
 
     def test_before_anything_happened_reports_are_empty(self, trial: Trial) -> None:
         body = report(trial.api, "/reports/safety/teae", as_of="2000-01-01T00:00:00Z")
@@ -630,6 +729,64 @@ class TestFormats:
             assert len(parsed) == len(json_body["rows"]), path
             if parsed:
                 assert list(parsed[0]) == [k for k in parsed[0] if k in json_body["rows"][0]]
+
+    def test_every_summary_table_as_csv(self, trial: Trial) -> None:
+        expected = {
+            "/reports/safety/teae": ("rows", "dose_levels", "terms"),
+            "/reports/safety/crs-icans": ("rows",),
+            "/reports/safety/dlt": ("rows",),
+            "/reports/safety/rcl-ada": ("rows",),
+            "/reports/pk?method=flow": ("rows", "dose_levels"),
+            "/reports/pk?method=qpcr": ("rows", "dose_levels"),
+            "/reports/efficacy/mrd": ("rows",),
+            "/reports/efficacy/rfs": ("rows", "curve"),
+            "/subjects/CHH-A01/timeline": ("rows",),
+        }
+        for path, names in expected.items():
+            body = report(trial.api, path)
+            listed = {k for k, v in (body.get("summary") or {}).items() if isinstance(v, list)}
+            assert set(names) == {"rows"} | listed, path  # every list the JSON has
+            for name in names:
+                response = trial.api.get("cra", path, params={"format": "csv", "table": name})
+                assert response.status_code == 200, (path, name, response.text)
+                assert response.headers["content-type"].startswith("text/csv")
+                disposition = response.headers["content-disposition"]
+                assert disposition.endswith('.csv"')
+                assert (name == "rows") != (name in disposition)
+                rows = body["rows"] if name == "rows" else body["summary"][name]
+                parsed = list(csv.reader(io.StringIO(response.text)))
+                header, lines = parsed[0], parsed[1:]
+                assert len(lines) == len(rows) > 0, (path, name)
+                for line, row in zip(lines, rows, strict=True):
+                    assert set(header) == set(row), (path, name)
+                    assert line == [cell(row[column]) for column in header], (path, name)
+        teae = trial.api.get(
+            "cra", "/reports/safety/teae", params={"format": "csv", "table": "dose_levels"}
+        )
+        dl1 = next(csv.DictReader(io.StringIO(teae.text)))
+        assert (dl1["dose_level"], dl1["treated"], dl1["with_teae"]) == ("DL1", "3", "3")
+        assert dl1["by_worst_grade"] == '{"1":0,"2":1,"3":1,"4":1,"5":0}'
+        curve = trial.api.get(
+            "cra", "/reports/efficacy/rfs", params={"format": "csv", "table": "curve"}
+        )
+        assert [r["at_risk"] for r in csv.DictReader(io.StringIO(curve.text))] == [
+            "3", "3", "2", "1",
+        ]  # fmt: skip
+
+    def test_an_unknown_table_is_422_naming_the_tables(self, trial: Trial) -> None:
+        for path, names in (
+            ("/reports/safety/teae", "rows, dose_levels, terms"),
+            ("/reports/efficacy/rfs", "rows, curve"),
+            ("/reports/safety/dlt", "rows"),
+            ("/subjects/CHH-A01/timeline", "rows"),
+        ):
+            for fmt in ("csv", "json"):
+                params = {"format": fmt, "table": "rfs_24m"}
+                response = trial.api.get("cra", path, params=params)
+                assert response.status_code == 422, (path, fmt)
+                (problem,) = response.json()["detail"]
+                assert problem["path"] == "/table"
+                assert problem["message"].endswith(f"this report has: {names}"), problem
 
     def test_csv_numbers_are_unrounded(self, trial: Trial) -> None:
         response = trial.api.get("src", "/reports/pk", params={"method": "qpcr", "format": "csv"})
@@ -684,14 +841,16 @@ class TestReadYourWrites:
         assert rows_by_subject(body)["CHH-C03"]["worst_grade"] == 3
 
 
-def table_rows(runner: ProjectionRunner, name: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of a projection's tables, in primary-key order."""
+def table_rows(
+    runner: ProjectionRunner, name: str, engine: Engine | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every row of a projection's tables (in ``engine``, else the runner's), by primary key."""
     projection = runner.projections[name]
     dump = {}
-    with runner.engine.connect() as conn:
+    with (engine or runner.engine).connect() as conn:
         for table in projection.metadata.sorted_tables:
             query = select(table).order_by(*table.primary_key.columns)
-            dump[table.name] = [dict(row) for row in conn.execute(query).mappings()]
+            dump[table.name] = [comparable(row) for row in conn.execute(query).mappings()]
     return dump
 
 
@@ -707,7 +866,10 @@ def every_change(trial: Trial) -> Trial:
 
 
 @pytest.mark.parametrize("name", [p.name for p in all_projections()])
-def test_a_rebuild_gives_exactly_the_incremental_rows(every_change: Trial, name: str) -> None:
+def test_incremental_rebuild_and_as_of_now_give_the_same_rows(
+    every_change: Trial, name: str
+) -> None:
+    """Issue 7: incremental state == full rebuild == as_of(now), table by table."""
     api = every_change.api
     runner = runner_of(api)
     for path in REPORTS:  # incremental: caught up report by report
@@ -716,7 +878,23 @@ def test_a_rebuild_gives_exactly_the_incremental_rows(every_change: Trial, name:
     incremental = table_rows(runner, name)
     reports_before = {path: report(api, path) for path in REPORTS}
     assert any(incremental.values()) or name == "query_list", name
+    projection = runner.projections[name]
+    replayed, position = replay_as_of(
+        runner.recorder, runner.mapper, [projection], datetime.now(UTC)
+    )
+    try:
+        as_of_now = table_rows(runner, name, replayed)
+    finally:
+        replayed.dispose()
+    assert (
+        set(as_of_now) == set(incremental) == {t.name for t in projection.metadata.tables.values()}
+    )
+    for table, rows in incremental.items():
+        assert as_of_now[table] == rows, table
+    assert position == runner.position(name)
     runner.rebuild(name)
-    assert table_rows(runner, name) == incremental
+    rebuilt = table_rows(runner, name)
+    for table, rows in incremental.items():
+        assert rebuilt[table] == rows, table
     for path, body in reports_before.items():
         assert report(api, path) == body, path

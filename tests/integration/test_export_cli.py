@@ -74,9 +74,20 @@ def test_sdtm_folder_with_metadata_and_as_of(cli_env: Settings, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     metadata = orjson.loads((tmp_path / "then" / "metadata.json").read_bytes())
     assert {d["name"] for d in metadata["datasets"]} >= {"DM", "AE", "SUPPAE", "ADTTE"}
-    frame, meta = read_xpt(tmp_path / "then" / "ae.xpt")
+    frame, _ = read_xpt(tmp_path / "then" / "ae.xpt")
     assert frame.loc[0, "AETOXGR"] == "3"
-    assert meta["file_label"] == f"ecrf ledger position {metadata['ledger']['position']}"
+    # Every file states the cut: each XPT in its label, the CSVs through metadata.json.
+    ledger = metadata["ledger"]
+    label = f"ledger {ledger['position']} head {ledger['head'][:12]}"
+    assert metadata["xpt_file_label"] == label
+    for dataset in metadata["datasets"]:
+        assert sorted(dataset["files"]) == [
+            f"{dataset['name'].lower()}.{f}" for f in ("csv", "xpt")
+        ]
+        assert read_xpt(tmp_path / "then" / dataset["files"][1])[1]["file_label"] == label
+        assert (tmp_path / "then" / dataset["files"][0]).exists()
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert f"ledger position {ledger['position']}, head {ledger['head']}" in said
     # A later change, then the export again as of the first one's stated instant.
     application = EcrfApplication(cli_env)
     try:

@@ -9,7 +9,9 @@ import math
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
 from ecrf.export.cut import Account, LogCut, SiteAtCut
@@ -42,6 +44,7 @@ from ecrf.export.sdtm import (
     dtc_date,
     elapsed,
     ex_rows,
+    local_dtc,
     pc_rows,
     schema_units,
     sdtm_package,
@@ -55,8 +58,13 @@ from ecrf.export.sdtm_files import (
     truncated,
     variable_metadata,
     write_package,
+    xpt_label,
 )
 from ecrf.forms import FormRegistry
+from projections.facts import EntryFact as ReportFact
+from projections.facts import SubjectFacts
+from projections.safety import teae_report
+from projections.timeline import timeline_report
 from tests.export_support import xsd_errors
 
 INFUSED = "2023-04-25T09:40:00+08:00"
@@ -104,6 +112,36 @@ class TestStudyDay:
         assert dtc_date("2023-04-25") == date(2023, 4, 25)
         assert dtc_date("not a date") is None
         assert dtc_date(None) is None
+
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class TestLocalTime:
+    @pytest.mark.parametrize(
+        ("value", "written"),
+        [
+            # 17:00 UTC on 24 April is 01:00 on 25 April in Shanghai.
+            ("2023-04-24T17:00:00Z", "2023-04-25T01:00:00+08:00"),
+            ("2023-04-24T17:00:00+00:00", "2023-04-25T01:00:00+08:00"),
+            ("2023-04-25T03:30:00+09:30", "2023-04-25T02:00:00+08:00"),
+            ("2023-04-24T15:59:59.5Z", "2023-04-24T23:59:59.500000+08:00"),
+            # Already local, zoneless (study time by rule) or a date: as written.
+            (INFUSED, INFUSED),
+            ("2023-04-25T09:40+08:00", "2023-04-25T09:40+08:00"),
+            ("2023-04-25T09:40:00", "2023-04-25T09:40:00"),
+            ("2023-04-25", "2023-04-25"),
+            ("not a dateTtime", "not a dateTtime"),
+            ("", None),
+            (None, None),
+        ],
+    )
+    def test_instants_are_written_in_study_time(self, value: Any, written: str | None) -> None:
+        assert local_dtc(value, SHANGHAI) == written
+
+
+def xpt_cut(position: int) -> LogCut:
+    return LogCut(position, "ab" * 32, "", None, None, (), (), ())
 
 
 # ODM items and values ------------------------------------------------------------------------
@@ -405,6 +443,49 @@ class TestSdtmRows:
             "INFUSION (NO ASSESSMENT)",
         )
 
+    def test_an_instant_in_utc_near_midnight_agrees_with_the_reports(
+        self, study: dict[str, Any]
+    ) -> None:
+        # 17:00 UTC on 24 April is 01:00 on 25 April in Shanghai: day 0 is 25 April.
+        infused = {
+            "infusion_datetime": "2023-04-24T17:00:00Z",
+            "infusion_end_datetime": "2023-04-24T17:20:00Z",
+            "dose_level": "DL1",
+            "cells_per_kg": 1e6,
+        }
+        before = {"term": "Nausea", "onset_date": "2023-04-24", "grade": 1, "ongoing": True}
+        after = {"term": "Fever", "onset_date": "2023-04-25", "grade": 1, "ongoing": True}
+        casebook = facts(cart_infusion=[infused], adverse_event=[before, after])
+        subject = SubjectFacts(
+            "CHH-S001",
+            "CHH",
+            None,
+            None,
+            tuple(
+                ReportFact(e.entry_id, e.form, e.visit, 1, e.data, False, n)
+                for n, e in enumerate(casebook.entries)
+            ),
+        )
+        protocol_day = {
+            ("infusion" if r["category"] == "infusion" else r["what"].split()[2]): r["study_day"]
+            for r in timeline_report(subject, study).rows
+        }
+        assert protocol_day == {"Nausea": -1, "Fever": 0, "infusion": 0}
+        assert teae_report([subject], study).rows[0]["teae_count"] == 1  # Fever, on day 0
+        dm = dm_rows(study, [casebook])[0]
+        assert (dm["RFSTDTC"], dm["RFXSTDTC"], dm["RFXENDTC"]) == (
+            "2023-04-25T01:00:00+08:00",
+            "2023-04-25T01:00:00+08:00",
+            "2023-04-25T01:20:00+08:00",
+        )
+        (ex,) = ex_rows(study, [casebook])
+        assert (ex["EXSTDTC"], ex["EXSTDY"], ex["EXENDY"]) == ("2023-04-25T01:00:00+08:00", 1, 1)
+        ae = {r["AETERM"]: r["AESTDY"] for r in ae_rows(study, [casebook])}
+        # SDTM day = protocol day + 1 from the infusion day on, the same day before it.
+        assert ae == {"Nausea": protocol_day["Nausea"], "Fever": protocol_day["Fever"] + 1}
+        (adtte,) = adtte_rows(study, [casebook])
+        assert adtte["STARTDT"] == dm["RFSTDTC"][:10] == "2023-04-25"
+
     def test_every_dataset_has_its_variables(self, study: dict[str, Any]) -> None:
         package = sdtm_package(study, [facts(cart_infusion=[infusion()])])
         for dataset in package.datasets.values():
@@ -448,4 +529,21 @@ class TestSdtmFiles:
         }
         frame, meta = read_xpt(tmp_path / "ae.xpt")
         assert frame.loc[0, "AETERM"] == "x" * 200
-        assert meta["file_label"] == "ecrf ledger position 0"
+        assert meta["file_label"] == "ledger 0 head 000000000000"
+        document = orjson.loads((tmp_path / "metadata.json").read_bytes())
+        assert document["xpt_file_label"] == meta["file_label"]
+        assert (document["ledger"]["position"], document["ledger"]["head"]) == (0, "0" * 64)
+        assert document["time_zone"] == "Asia/Shanghai"
+
+    @pytest.mark.parametrize("position", [1, 123_456_789, 10**14, 10**20])
+    def test_the_xpt_label_states_position_and_head_within_40_characters(
+        self, position: int
+    ) -> None:
+        label = xpt_label(xpt_cut(position))
+        assert len(label) <= 40
+        assert label.startswith(f"ledger {position} head ")
+        head = label.rsplit(" ", 1)[1]
+        assert head
+        assert ("ab" * 32).startswith(head)
+        if position < 10**15:
+            assert len(head) == 12

@@ -168,6 +168,25 @@ class TestRfs:
         assert table.summary["rfs_24m"]["estimate"] == pytest.approx(0.3428571, abs=1e-7)
         low, high = table.summary["rfs_24m"]["lower"], table.summary["rfs_24m"]["upper"]
         assert 0 < low < 0.3428571 < high < 1
+        # 730 days is 23.98 months: nobody reached 24, and the report says so.
+        assert table.summary["followed_to_horizon"] is False
+
+    def test_followed_to_horizon_once_anyone_reaches_24_months(self) -> None:
+        def fit(*followed: tuple[int, bool]) -> dict[str, Any]:
+            facts = [
+                subject(f"S{n}", infusion(), imaging(days, event))
+                for n, (days, event) in enumerate(followed)
+            ]
+            summary = rfs_report(facts, STUDY).summary
+            assert summary is not None
+            return summary
+
+        short = fit((100, True), (300, False))
+        # lifelines carries S forward past the last time: the number is kept, flagged.
+        assert short["followed_to_horizon"] is False
+        assert short["rfs_24m"]["estimate"] == pytest.approx(0.5)
+        assert fit((100, True), (731, False))["followed_to_horizon"] is True  # 24.02 months
+        assert fit((731, True))["followed_to_horizon"] is True  # an event counts too
 
     def test_event_is_first_recurrence_or_death_and_censoring_is_last_adequate_imaging(
         self,
@@ -196,6 +215,7 @@ class TestRfs:
         assert table.rows == []
         assert table.summary is not None
         assert table.summary["curve"] == []
+        assert table.summary["followed_to_horizon"] is False
         assert table.summary["rfs_24m"] == {"estimate": None, "lower": None, "upper": None}
 
 
@@ -338,6 +358,30 @@ class TestDlt:
             "subjects_with_dlt": ["B"],
         }
 
+    def test_the_most_recently_signed_assessment_counts(self) -> None:
+        """The escalation engine's rule: the newest valid signature, not the last entry."""
+
+        def assessment(subject_id: str, order: int, signed_at: int | None, dlt: bool) -> EntryFact:
+            data = {"evaluable": True, "dlt": dlt}
+            signed = signed_at is not None
+            return EntryFact(
+                f"{subject_id}-{order}", "dlt_assessment", "D28", 1, data, signed, order, signed_at
+            )
+
+        def with_dlt(*assessments: EntryFact) -> list[str]:
+            first = subject("A", infusion()).entries[0]
+            facts = SubjectFacts("A", "CHH", None, None, (first, *assessments))
+            row = dlt_report([facts], STUDY).rows[0]
+            assert row["assessed"] == 1
+            result: list[str] = row["subjects_with_dlt"]
+            return result
+
+        # Recorded first but signed last (e.g. corrected and signed again): it counts.
+        assert with_dlt(assessment("A", 1, 30, True), assessment("A", 2, 20, False)) == ["A"]
+        assert with_dlt(assessment("A", 1, 20, True), assessment("A", 2, 30, False)) == []
+        # An unsigned later assessment changes nothing.
+        assert with_dlt(assessment("A", 1, 20, True), assessment("A", 2, None, False)) == ["A"]
+
 
 class TestMrd:
     def test_clearance_relapse_and_the_24_month_window(self) -> None:
@@ -437,3 +481,42 @@ class TestCsv:
     def test_header_and_rows(self) -> None:
         text = to_csv(("a", "b"), [{"a": 1, "b": "x,y"}, {"a": None}])
         assert text.splitlines() == ["a,b", '1,"x,y"', ","]
+
+    def test_every_summary_table_has_its_columns(self) -> None:
+        facts = [
+            subject(
+                "A",
+                infusion(),
+                ae(2, 3),
+                ("pk_sample", pk_sample(1, 1000)),
+                ("pk_sample", pk_sample(7, 5000)),
+            ),
+            subject("B", infusion(level="DL2"), imaging(90, True)),
+        ]
+        tables = {
+            "teae": teae_report(facts, STUDY),
+            "pk": pk_report(facts, STUDY, "qpcr"),
+            "rfs": rfs_report(facts, STUDY),
+            "dlt": dlt_report(facts, STUDY),
+        }
+        assert {name: t.table_names() for name, t in tables.items()} == {
+            "teae": ("rows", "dose_levels", "terms"),
+            "pk": ("rows", "dose_levels"),
+            "rfs": ("rows", "curve"),
+            "dlt": ("rows",),
+        }
+        for report in tables.values():
+            for name in report.table_names():
+                columns, rows = report.table(name)
+                summary = report.summary or {}
+                assert rows == (report.rows if name == "rows" else summary[name])
+                assert rows, name
+                # The columns are exactly each row's fields, in a fixed order.
+                assert all(set(row) == set(columns) for row in rows), name
+            with pytest.raises(KeyError):
+                report.table("summary")
+        columns, rows = tables["teae"].table("terms")
+        assert columns[:2] == ("dose_level", "term")
+        assert [(r["dose_level"], r["term"], r["grade_3_plus"]) for r in rows] == [
+            ("DL1", "Fatigue", 1)
+        ]

@@ -1,9 +1,10 @@
 """Standards exports for data managers and regulators: CDISC ODM 1.3.2 and SDTM datasets.
 
 Every export states the log cut it reflects: ``X-Ecrf-Ledger-Position`` and
-``X-Ecrf-Ledger-Head`` headers (and inside the file: the ODM root's ``Description`` and
-``FileOID``, the SDTM ``metadata.json``), plus ``X-Ecrf-As-Of``, the ``as_of`` that
-reproduces it.
+``X-Ecrf-Ledger-Head`` headers, plus ``X-Ecrf-As-Of``, the ``as_of`` that reproduces it;
+and inside the file: the ODM root's ``Description`` and ``FileOID``, the XPT file label
+(position and head prefix), the SDTM ``metadata.json``. A CSV has no room for it without
+breaking its readers: its headers, or ``metadata.json`` at the same ``as_of``, state it.
 """
 
 from __future__ import annotations

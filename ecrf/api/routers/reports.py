@@ -31,7 +31,7 @@ from ecrf.domain.access import SITE_BOUND_ROLES, Action, Actor
 from ecrf.domain.errors import InvalidInputError, NotFoundError
 from ecrf.reports.plots import km_plot, pk_plot
 from ecrf.reports.tables import to_csv
-from projections.facts import ReportTable, SubjectFacts
+from projections.facts import ROWS, ReportTable, SubjectFacts
 from projections.mrd import MrdCourses, mrd_report
 from projections.pk import PkProfiles, pk_methods, pk_report
 from projections.reading import load_facts
@@ -54,13 +54,21 @@ AsOf = Annotated[
 ]
 Format = Annotated[
     Literal["json", "csv"],
-    Query(alias="format", description="json (default) or csv (the rows only)"),
+    Query(alias="format", description="json (default) or csv (one table: see ``table``)"),
+]
+TableName = Annotated[
+    str,
+    Query(
+        alias="table",
+        description="The table ?format=csv writes: rows (default) or one of the summary's "
+        "tables (dose_levels, terms, curve: see the report); JSON carries them all",
+    ),
 ]
 Method = Annotated[
     str | None, Query(description="PK assay method (flow or qpcr); the first one by default")
 ]
 CSV: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/csv": {}}, "description": "JSON, or the rows as CSV"}
+    200: {"content": {"text/csv": {}}, "description": "JSON, or one table (`table`) as CSV"}
 }
 PNG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "A PNG image"}
@@ -92,11 +100,19 @@ def _respond(
     fmt: str,
     filename: str,
     extra: Mapping[str, Any] | None = None,
+    name: str = ROWS,
 ) -> Response:
+    names = table.table_names()
+    if name not in names:
+        raise InvalidInputError.single(
+            "/table", f"unknown table {name!r}; this report has: {', '.join(names)}"
+        )
     headers = {"X-Log-Position": str(position)}
     if fmt == "csv":
-        headers["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
-        return Response(to_csv(table.columns, table.rows), media_type="text/csv", headers=headers)
+        columns, rows = table.table(name)
+        suffix = "" if name == ROWS else f"-{name}"
+        headers["Content-Disposition"] = f'attachment; filename="{filename}{suffix}.csv"'
+        return Response(to_csv(columns, rows), media_type="text/csv", headers=headers)
     moment = _utc(as_of)
     body: dict[str, Any] = {
         "position": position,
@@ -133,6 +149,7 @@ def timeline(
     subject_id: str,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """A subject's clinical course: date, study day (day 0 = infusion) and what happened."""
     sites = _visible_sites(actor)
@@ -147,7 +164,7 @@ def timeline(
             raise NotFoundError(f"subject {subject_id} did not exist at {as_of.isoformat()}")
     table = timeline_report(facts[0], application.forms.study)
     header = table.summary
-    return _respond(replace(table, summary=None), position, as_of, fmt, "timeline", header)
+    return _respond(replace(table, summary=None), position, as_of, fmt, "timeline", header, name)
 
 
 @router.get("/reports/safety/teae", response_model=TeaeReport, responses=CSV)
@@ -157,10 +174,12 @@ def teae(
     actor: CurrentActor,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """Treatment-emergent AEs in days 0-28, per subject; summary per dose level and term."""
     facts, position = _facts(runner, actor, SafetyTables.name, as_of)
-    return _respond(teae_report(facts, application.forms.study), position, as_of, fmt, "teae")
+    table = teae_report(facts, application.forms.study)
+    return _respond(table, position, as_of, fmt, "teae", name=name)
 
 
 @router.get("/reports/safety/crs-icans", response_model=CrsIcansReport, responses=CSV)
@@ -170,11 +189,12 @@ def crs_icans(
     actor: CurrentActor,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """CRS and ICANS per treated subject: worst grade, onset day, duration (days 0-28)."""
     facts, position = _facts(runner, actor, SafetyTables.name, as_of)
     table = crs_icans_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "crs-icans")
+    return _respond(table, position, as_of, fmt, "crs-icans", name=name)
 
 
 @router.get("/reports/safety/dlt", response_model=DltReport, responses=CSV)
@@ -184,10 +204,12 @@ def dlt(
     actor: CurrentActor,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """Per dose level: treated, evaluable and DLT counts from signed DLT assessments."""
     facts, position = _facts(runner, actor, SafetyTables.name, as_of)
-    return _respond(dlt_report(facts, application.forms.study), position, as_of, fmt, "dlt")
+    table = dlt_report(facts, application.forms.study)
+    return _respond(table, position, as_of, fmt, "dlt", name=name)
 
 
 @router.get("/reports/safety/rcl-ada", response_model=RclAdaReport, responses=CSV)
@@ -197,11 +219,12 @@ def rcl_ada(
     actor: CurrentActor,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """Every RCL and ADA test result."""
     facts, position = _facts(runner, actor, SafetyTables.name, as_of)
     table = rcl_ada_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "rcl-ada")
+    return _respond(table, position, as_of, fmt, "rcl-ada", name=name)
 
 
 @router.get("/reports/pk", response_model=PkReport, responses=CSV)
@@ -212,12 +235,14 @@ def pk(
     method: Method = None,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """NCA per subject (Cmax, Tmax, Tlast, AUClast, AUC0-28); geometric summaries by dose."""
     study = application.forms.study
     chosen = _pk_method(study, method)
     facts, position = _facts(runner, actor, PkProfiles.name, as_of)
-    return _respond(pk_report(facts, study, chosen), position, as_of, fmt, f"pk-{chosen}")
+    table = pk_report(facts, study, chosen)
+    return _respond(table, position, as_of, fmt, f"pk-{chosen}", name=name)
 
 
 @router.get("/reports/pk/plot.png", response_class=Response, responses=PNG)
@@ -246,10 +271,12 @@ def mrd(
     actor: CurrentActor,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """ctDNA course, clearance, molecular relapse and imaging recurrence per subject."""
     facts, position = _facts(runner, actor, MrdCourses.name, as_of)
-    return _respond(mrd_report(facts, application.forms.study), position, as_of, fmt, "mrd")
+    table = mrd_report(facts, application.forms.study)
+    return _respond(table, position, as_of, fmt, "mrd", name=name)
 
 
 @router.get("/reports/efficacy/rfs", response_model=RfsReport, responses=CSV)
@@ -259,10 +286,12 @@ def rfs(
     actor: CurrentActor,
     as_of: AsOf = None,
     fmt: Format = "json",
+    name: TableName = ROWS,
 ) -> Response:
     """RFS time and event per treated subject; Kaplan-Meier curve and 24-month rate."""
     facts, position = _facts(runner, actor, RecurrenceFreeSurvival.name, as_of)
-    return _respond(rfs_report(facts, application.forms.study), position, as_of, fmt, "rfs")
+    table = rfs_report(facts, application.forms.study)
+    return _respond(table, position, as_of, fmt, "rfs", name=name)
 
 
 @router.get("/reports/efficacy/rfs/plot.png", response_class=Response, responses=PNG)

@@ -1,0 +1,293 @@
+"""Projection tables that no longer match their definitions are replayed at start, and
+batched writes leave exactly the rows that per-event writes leave."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    select,
+    text,
+)
+
+from ecrf.application import EcrfApplication
+from ecrf.commands import (
+    CorrectEntry,
+    CreateUser,
+    RecordEntry,
+    RegisterSubject,
+    Sign,
+    VoidEntry,
+)
+from ecrf.config import Settings
+from ecrf.domain.access import Actor
+from projections.facts import fact_tables
+from projections.registry import all_projections, build_runner
+from projections.runner import Projection, ProjectionRunner, make_engine, pending
+from projections.safety import SafetyTables
+
+CRC = Actor("crc", "Carol Chen", ("site_staff",), ("CHH",))
+PI = Actor("pi", "Ivan Petrov", ("investigator",), ("CHH",))
+PASSWORD = "correct horse battery"
+INFUSION = {
+    "infusion_datetime": "2023-04-25T09:40:00+08:00",
+    "dose_level": "DL1",
+    "weight_kg": 62.0,
+    "total_car_t_cells": 62_000_000,
+}
+
+
+def adverse_event(grade: int) -> dict[str, Any]:
+    return {
+        "term": "Fatigue",
+        "onset_date": "2023-04-27",
+        "ongoing": True,
+        "grade": grade,
+        "serious": False,
+        "relationship": "possible",
+    }
+
+
+@pytest.fixture
+def application(settings: Settings) -> Iterator[EcrfApplication]:
+    app = EcrfApplication(settings)
+    yield app
+    app.close()
+
+
+def record(application: EcrfApplication, subject: str, form: str, data: Any) -> str:
+    visit = "D0" if form == "cart_infusion" else "LOG"
+    _, entry, _ = application.record_entry(
+        CRC, subject, RecordEntry(form=form, visit=visit, data=data)
+    )
+    return entry.entry_id
+
+
+def enter_trial(application: EcrfApplication, subjects: int = 3) -> None:
+    """Infusions and AEs: corrected, voided and signed, so every facts handler runs."""
+    application.create_admin("boot", PASSWORD, "Boot Admin")
+    admin = Actor("boot", "Boot Admin", ("admin",), ())
+    application.create_user(
+        admin,
+        CreateUser(
+            username=PI.username,
+            full_name=PI.full_name,
+            password=PASSWORD,
+            roles=list(PI.roles),
+            sites=list(PI.sites),
+        ),
+    )
+    for n in range(subjects):
+        subject, _ = application.register_subject(
+            CRC, RegisterSubject(site="CHH", screening_number=f"S{n}")
+        )
+        sid = subject.subject_id
+        record(application, sid, "cart_infusion", INFUSION)
+        kept = record(application, sid, "adverse_event", adverse_event(1))
+        voided = record(application, sid, "adverse_event", adverse_event(2))
+        application.correct_entry(
+            CRC, sid, kept, CorrectEntry(changes={"grade": 3}, reason="source", expected_revision=1)
+        )
+        application.void_entry(CRC, sid, voided, VoidEntry(reason="dup", expected_revision=1))
+        sign = Sign(username="pi", password=PASSWORD, meaning="approval", expected_revision=2)
+        application.sign_entry(PI, sid, kept, sign)
+
+
+def dump(engine: Engine, metadata: MetaData) -> dict[str, list[dict[str, Any]]]:
+    with engine.connect() as conn:
+        return {
+            table.name: [
+                dict(row)
+                for row in conn.execute(
+                    select(table).order_by(*table.primary_key.columns)
+                ).mappings()
+            ]
+            for table in metadata.sorted_tables
+        }
+
+
+def dump_all(runner: ProjectionRunner) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    return {name: dump(runner.engine, p.metadata) for name, p in runner.projections.items()}
+
+
+# The safety facts as a release before ``signed_position`` defined them.
+old_metadata = MetaData()
+fact_tables("safety_tables", old_metadata)
+old_metadata.remove(old_metadata.tables["safety_tables_entries"])
+Table(
+    "safety_tables_entries",
+    old_metadata,
+    Column("entry_id", String(64), primary_key=True),
+    Column("stream", String(36), nullable=False, index=True),
+    Column("form", String(64), nullable=False, index=True),
+    Column("visit", String(16), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("signed_revision", Integer),
+    Column("recorded_position", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+)
+
+
+class OldSafetyTables(Projection):
+    """The safety projection under its old table definition (it keeps no rows here)."""
+
+    name = SafetyTables.name
+    metadata: ClassVar[MetaData] = old_metadata
+
+    def process(self, domain_event: Any, conn: Connection, position: int) -> None:
+        """Nothing: only the tables and the tracking position matter to these tests."""
+
+
+def test_a_changed_table_definition_is_replayed_at_start(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    enter_trial(application)
+    engine = make_engine(settings.database.sqlalchemy_url())
+    try:
+        others = [p for p in all_projections() if p.name != SafetyTables.name]
+        old = ProjectionRunner(
+            application.recorder, application.mapper, engine, [*others, OldSafetyTables()]
+        )
+        old.catch_up()
+        assert old.position(SafetyTables.name) == application.max_position()
+        kept = {p.name: old.position(p.name) for p in others}
+    finally:
+        engine.dispose()
+
+    runner = build_runner(application, settings)
+    try:
+        # Only the changed projection starts again from zero; the others keep their rows.
+        assert runner.reset_at_start == [SafetyTables.name]
+        assert runner.position(SafetyTables.name) == 0
+        assert {p.name: runner.position(p.name) for p in others} == kept
+        runner.catch_up()
+        assert all(status["lag"] == 0 for status in runner.status())
+        incremental = dump_all(runner)
+        signed = [
+            row
+            for row in incremental[SafetyTables.name]["safety_tables_entries"]
+            if row["signed_position"] is not None
+        ]
+        assert len(signed) == 3
+        runner.rebuild()
+        assert dump_all(runner) == incremental
+    finally:
+        runner.engine.dispose()
+
+
+def test_tables_from_before_fingerprints_are_judged_by_their_columns(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    enter_trial(application, subjects=1)
+    runner = build_runner(application, settings)
+    try:
+        runner.catch_up()
+        before = dump_all(runner)
+        # What a release without fingerprints and without the new column left behind.
+        with runner.engine.begin() as conn:
+            conn.execute(text("DROP TABLE projection_schemas"))
+            conn.execute(text("ALTER TABLE safety_tables_entries DROP COLUMN signed_position"))
+    finally:
+        runner.engine.dispose()
+
+    again = build_runner(application, settings)
+    try:
+        assert again.reset_at_start == [SafetyTables.name]
+        assert again.position(SafetyTables.name) == 0
+        again.catch_up()
+        assert dump_all(again) == before
+    finally:
+        again.engine.dispose()
+
+    # Now every fingerprint is stored and matches: nothing is replayed.
+    record(application, "CHH-S0", "adverse_event", adverse_event(4))
+    third = build_runner(application, settings)
+    try:
+        assert third.reset_at_start == []
+        assert third.position(SafetyTables.name) == application.max_position() - 1
+        third.catch_up()
+        facts = dump(third.engine, SafetyTables.metadata)
+        assert len(facts["safety_tables_entries"]) == 3  # infusion, corrected AE, new AE
+    finally:
+        third.engine.dispose()
+
+
+def test_batches_of_one_and_of_everything_write_the_same_rows(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    """Rows pending in a batch are changed in memory; across batches, in the tables."""
+    runner = build_runner(application, settings)
+    try:
+        runner.batch_size = 1
+        enter_trial(application)
+        runner.catch_up()
+        one_by_one = dump_all(runner)
+        assert one_by_one[SafetyTables.name]["safety_tables_entries"]
+        runner.batch_size = 10_000
+        runner.rebuild()
+        assert dump_all(runner) == one_by_one
+        runner.batch_size = 3
+        runner.rebuild(SafetyTables.name)
+        assert dump_all(runner) == one_by_one
+        facts_rows = one_by_one[SafetyTables.name]["safety_tables_entries"]
+        assert {row["revision"] for row in facts_rows if row["form"] == "adverse_event"} == {2}
+    finally:
+        runner.engine.dispose()
+
+
+flaky_metadata = MetaData()
+flaky_rows = Table(
+    "flaky_events",
+    flaky_metadata,
+    Column("position", BigInteger, primary_key=True),
+    Column("topic", String(200), nullable=False),
+)
+
+
+class Flaky(Projection):
+    """One row per event; fails once, in the middle of its first batch."""
+
+    name = "flaky"
+    metadata: ClassVar[MetaData] = flaky_metadata
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def process(self, domain_event: Any, conn: Connection, position: int) -> None:
+        """A pending row per event; the third event fails the first time."""
+        pending(conn).add(
+            flaky_rows, position, {"position": position, "topic": type(domain_event).__name__}
+        )
+        if position == 3 and not self.failed:
+            self.failed = True
+            raise RuntimeError("a handler failed")
+
+
+def test_a_failed_batch_leaves_nothing_pending_behind(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    """The rows buffered before a handler failed are not written by the next batch."""
+    enter_trial(application, subjects=1)
+    engine = make_engine(settings.database.sqlalchemy_url())
+    try:
+        runner = ProjectionRunner(application.recorder, application.mapper, engine, [Flaky()])
+        with pytest.raises(RuntimeError):
+            runner.catch_up()
+        assert runner.position(Flaky.name) == 0
+        runner.catch_up()
+        rows = dump(engine, flaky_metadata)["flaky_events"]
+        assert [row["position"] for row in rows] == list(range(1, application.max_position() + 1))
+    finally:
+        engine.dispose()
