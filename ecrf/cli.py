@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import getpass
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
+from ecrf.cli_demo import demo, prepare_demo_server
 from ecrf.cli_export import export_app
 from ecrf.cli_ledger import ledger_app, verify
 from ecrf.cli_projections import projections_app
@@ -22,6 +25,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(projections_app, name="projections")
 app.add_typer(export_app, name="export")
 app.command("verify")(verify)
+app.command("demo")(demo)
 console = Console()
 
 WORKER_HEALTHCHECK_SECONDS = 30
@@ -32,11 +36,34 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="API worker processes (PostgreSQL only).")] = 1,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Fill a fresh store with the simulated trial of `ecrf demo` and serve it "
+            "(never ECRF_DATABASE_URL): the demo accounts are printed.",
+        ),
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed of the demo trial (--demo).")] = None,
+    demo_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder that gets a new demo store per run (--demo; ./ecrf-demo)."),
+    ] = None,
+    demo_database: Annotated[
+        str | None,
+        typer.Option(help="An empty database to fill instead of a new SQLite file (--demo)."),
+    ] = None,
 ) -> None:
     """Run the API server (embedded SQLite by default) with projections in-process."""
+    if not demo and (seed is not None or demo_dir is not None or demo_database is not None):
+        raise typer.BadParameter("--seed, --demo-dir and --demo-database go with --demo")
+    if demo:
+        _serve_demo(host, port, workers, seed, demo_dir, demo_database)
+        return
     settings = Settings.from_env()
     if workers > 1 and settings.database.engine == "sqlite":
         raise typer.BadParameter("several workers need PostgreSQL (ECRF_DATABASE_URL)")
+    _check_forms(settings)
     where = (
         settings.database.sqlite_path
         if settings.database.engine == "sqlite"
@@ -58,6 +85,22 @@ def serve(
         )
     if workers > 1:
         _initialise(settings)
+    _run_server(host, port, workers)
+
+
+def _check_forms(settings: Settings) -> None:
+    """Stop with the form registry's message (naming the file) before anything starts."""
+    from ecrf.forms import FormDefinitionError, load_forms
+
+    try:
+        load_forms(settings.forms_dir)
+    except FormDefinitionError as error:
+        console.print(f"[red]cannot start:[/red] {escape(str(error))}")
+        raise typer.Exit(2) from None
+
+
+def _run_server(host: str, port: int, workers: int) -> None:
+    """uvicorn on the application factory, which reads its settings from the environment."""
     uvicorn.run(
         "ecrf.api.app:create_app",
         factory=True,
@@ -70,6 +113,27 @@ def serve(
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         log_level=os.environ.get("ECRF_LOG_LEVEL", "info"),
     )
+
+
+def _serve_demo(
+    host: str,
+    port: int,
+    workers: int,
+    seed: int | None,
+    demo_dir: Path | None,
+    demo_database: str | None,
+) -> None:
+    """Fill a fresh demo store, then serve it like `ecrf serve` does."""
+    environment = prepare_demo_server(seed, demo_dir, demo_database, workers)
+    # The server (and any worker process) reads its settings from the environment.
+    os.environ.update(environment)
+    os.environ.pop("ECRF_BOOTSTRAP_ADMIN", None)
+    console.print(f"API docs: http://{host}:{port}/docs  (OpenAPI: /openapi.json)")
+    console.print(
+        "Log in at /docs (Authorize) with a demo account above; the cohorts, casebooks, "
+        "queries, audit trails and reports are all there."
+    )
+    _run_server(host, port, workers)
 
 
 def _initialise(settings: Settings) -> None:
@@ -97,6 +161,8 @@ def create_admin(
     ] = None,
 ) -> None:
     """Create an administrator account (the way in for the first admin)."""
+    from pydantic import ValidationError
+
     from ecrf.application import EcrfApplication
     from ecrf.domain.errors import EcrfError
 
@@ -105,7 +171,14 @@ def create_admin(
     try:
         user = application.create_admin(username, secret, full_name)
     except EcrfError as error:
-        console.print(f"[red]refused:[/red] {error}")
+        console.print(f"[red]refused:[/red] {escape(str(error))}")
+        raise typer.Exit(2) from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        console.print(f"[red]refused:[/red] {escape(problems)}")
         raise typer.Exit(2) from None
     finally:
         application.close()

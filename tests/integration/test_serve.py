@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
+
+from ecrf.cli import app as cli
+from ecrf.forms import default_forms_dir
 
 
 def _free_port() -> int:
@@ -110,3 +115,50 @@ def test_several_workers_start_together_and_share_one_identity(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_bad_schema_file_stops_serve_with_its_name(tmp_path: Path) -> None:
+    forms = tmp_path / "forms"
+    shutil.copytree(default_forms_dir(), forms)
+    broken = forms / "demographics" / "v1.json"
+    broken.write_text('{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": 7}')
+    result = CliRunner().invoke(
+        cli,
+        ["serve"],
+        env={
+            "ECRF_FORMS_DIR": str(forms),
+            "ECRF_DATABASE_URL": f"sqlite:///{tmp_path / 'ecrf.sqlite'}",
+            "ECRF_DATA_DIR": str(tmp_path / "data"),
+        },
+    )
+    assert result.exit_code == 2
+    assert "cannot start" in result.output
+    assert "v1.json" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "ecrf.sqlite").exists()
+
+
+def test_create_admin_makes_an_admin_and_refuses_bad_input(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "ECRF_DATABASE_URL": database_url,
+        "ECRF_DATA_DIR": str(tmp_path / "data"),
+        "ECRF_ARGON2_TIME_COST": "1",
+        "ECRF_ARGON2_MEMORY_KIB": "1024",
+    }
+    runner = CliRunner()
+    password = ["--password", "correct horse battery"]
+    bad_name = runner.invoke(cli, ["users", "create-admin", "Bad Name", *password], env=env)
+    assert bad_name.exit_code == 2
+    assert "refused" in bad_name.output
+    assert "[a-z0-9]" in bad_name.output  # the pattern is shown, not eaten as markup
+    short = runner.invoke(cli, ["users", "create-admin", "root", "--password", "short"], env=env)
+    assert short.exit_code == 2
+    assert "password" in short.output
+    made = runner.invoke(cli, ["users", "create-admin", "root", *password], env=env)
+    assert made.exit_code == 0, made.output
+    assert "admin root created" in made.output
+    again = runner.invoke(cli, ["users", "create-admin", "root", *password], env=env)
+    assert again.exit_code == 2
+    assert "Traceback" not in again.output
