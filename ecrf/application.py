@@ -6,6 +6,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
@@ -19,7 +20,7 @@ from eventsourcing.persistence import (
     Recording,
 )
 
-from ecrf.checks import EntryFacts, SoftChecks, derive
+from ecrf.checks import EntryFacts, Finding, SoftChecks, derive
 from ecrf.commands import (
     AddSite,
     AnswerQuery,
@@ -30,6 +31,7 @@ from ecrf.commands import (
     DecideDose,
     EnrolSubject,
     Lock,
+    MigrateEntry,
     OpenQuery,
     RecordEntry,
     RegisterSubject,
@@ -69,7 +71,14 @@ from ecrf.domain.ids import escalation_stream, study_stream, subject_stream, use
 from ecrf.domain.patch import diff, merge_patch
 from ecrf.domain.security_log import AccessRefusal
 from ecrf.domain.study import StudyRegistry
-from ecrf.domain.subject import CasebookSignature, Entry, Signature, Subject, SubjectStatus
+from ecrf.domain.subject import (
+    CasebookSignature,
+    Entry,
+    Query,
+    Signature,
+    Subject,
+    SubjectStatus,
+)
 from ecrf.domain.user import User
 from ecrf.forms import FormRegistry, FormVersion, load_forms
 from ecrf.ledger.service import LedgerService
@@ -79,6 +88,46 @@ from ecrf.security import Passwords, TokenService
 T = TypeVar("T")
 
 _SAVE_ATTEMPTS = 5
+_ACCOUNTS_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True)
+class _Account:
+    """What a request needs of its caller's account, at one version of its stream."""
+
+    version: int
+    username: str
+    full_name: str
+    roles: tuple[str, ...]
+    sites: tuple[str, ...]
+    active: bool
+    locked: bool
+
+    @classmethod
+    def of(cls, user: User) -> _Account:
+        """The account as ``user`` stands."""
+        return cls(
+            user.version,
+            user.username,
+            user.full_name,
+            tuple(user.roles),
+            tuple(user.sites),
+            user.active,
+            user.locked,
+        )
+
+
+@dataclass(frozen=True)
+class EntryMigration:
+    """What migrating one entry to another form version changes (or would change)."""
+
+    entry_id: str
+    form: str
+    from_version: int
+    to_version: int
+    schema_sha256: str
+    changes: list[dict[str, Any]]
+    dry_run: bool
 
 
 class EcrfApplication(Application[UUID]):
@@ -109,6 +158,7 @@ class EcrfApplication(Application[UUID]):
         self.tokens = TokenService.from_file(
             settings.data_dir / "token-secret", settings.token_ttl_seconds
         )
+        self._accounts: dict[UUID, _Account] = {}
         self.ledger = LedgerService(self)
         self._seed_study()
         if settings.bootstrap_admin:
@@ -242,7 +292,11 @@ class EcrfApplication(Application[UUID]):
             raise InvalidInputError(problems)
 
     def update_user(self, actor: Actor, username: str, command: UpdateUser) -> User:
-        """Change roles, sites, name or active flag (admin)."""
+        """Change roles, sites, printed name or active flag (admin), with a reason.
+
+        A new printed name shows on signatures made from now on; signatures already made
+        keep the name they were made with (it is in their event's audit metadata).
+        """
         role = actor.role_for(Action.MANAGE_USERS)
         self._check_grants(command.roles, command.sites)
         if username.lower() == actor.username and (
@@ -252,7 +306,9 @@ class EcrfApplication(Application[UUID]):
 
         def run() -> User:
             user = self._user(username)
-            audit = actor.stamp(role, "", command.reason or "")
+            audit = actor.stamp(role, "", command.reason)
+            if command.full_name is not None and command.full_name != user.full_name:
+                user.change_full_name(command.full_name, audit)
             if command.roles is not None and sorted(set(command.roles)) != user.roles:
                 user.change_roles(sorted(set(command.roles)), audit)
             if command.sites is not None and sorted(set(command.sites)) != user.sites:
@@ -272,7 +328,7 @@ class EcrfApplication(Application[UUID]):
 
         def run() -> User:
             user = self._user(username)
-            user.unlock(actor.stamp(role, "", command.reason or ""))
+            user.unlock(actor.stamp(role, "", command.reason))
             self._save(user)
             return user
 
@@ -367,22 +423,45 @@ class EcrfApplication(Application[UUID]):
 
     def actor_for_token(self, token: str, request_id: str = "") -> Actor:
         """The current identity behind a bearer token (roles and sites as they are now)."""
-        username = self.tokens.username(token)
+        identity = self._account(self.tokens.username(token))
+        if not identity.active:
+            raise NotAuthenticatedError("account is deactivated")
+        if identity.locked:
+            raise AccountLockedError("account is locked; ask an administrator to unlock it")
+        return Actor(
+            username=identity.username,
+            full_name=identity.full_name,
+            roles=identity.roles,
+            sites=identity.sites,
+            request_id=request_id,
+        )
+
+    def _account(self, username: str) -> _Account:
+        """An account as it stands in the store now.
+
+        Every request checks its caller against the account. The store is asked for the
+        newest version of the account's stream only; the account is loaded again when that
+        changed (a login, new roles, a deactivation, here or in another worker). Loading it
+        every time would fast-forward one cached aggregate under its lock, and all the
+        requests of one user would queue on that lock.
+        """
+        stream = user_stream(username.lower())
+        try:
+            newest = self.recorder.select_events(stream, desc=True, limit=1)
+        except (OperationalError, InterfaceError) as error:
+            raise UnavailableError("the database is unavailable; try again") from error
+        known = self._accounts.get(stream)
+        if newest and known is not None and known.version == newest[0].originator_version:
+            return known
         try:
             user = self._user(username)
         except NotFoundError:
             raise NotAuthenticatedError("invalid token") from None
-        if not user.active:
-            raise NotAuthenticatedError("account is deactivated")
-        if user.locked:
-            raise AccountLockedError("account is locked; ask an administrator to unlock it")
-        return Actor(
-            username=user.username,
-            full_name=user.full_name,
-            roles=tuple(user.roles),
-            sites=tuple(user.sites),
-            request_id=request_id,
-        )
+        account = _Account.of(user)
+        if len(self._accounts) >= _ACCOUNTS_REMEMBERED:
+            self._accounts.clear()
+        self._accounts[stream] = account
+        return account
 
     def user_view(self, username: str) -> dict[str, Any]:
         """Public view of an account (never its password hash)."""
@@ -493,15 +572,19 @@ class EcrfApplication(Application[UUID]):
         return derived
 
     def _raise_soft_checks(self, subject: Subject, entry_id: str) -> None:
-        """Open a system query per new finding; close system queries a change resolved."""
+        """Open a system query per new finding; close system queries a change resolved.
+
+        A change to an anchor entry (consent, infusion, ...) moves the visit windows of
+        every other entry, so their window findings are evaluated again too; and a change
+        to a date that date-order rules compare with other forms' dates (the infusion
+        before an adverse event's onset, ...) re-evaluates those rules on the other entries.
+        """
         entry = subject.entry(entry_id)
-        others = [
-            EntryFacts(e.entry_id, e.form, e.data) for e in subject.entries.values() if not e.voided
-        ]
+        live = self._live_facts(subject)
         findings = self.checks.findings(
             EntryFacts(entry.entry_id, entry.form, entry.data),
             entry.visit,
-            others,
+            live,
             assigned_dose_level=subject.dose_level,
         )
         # A system query is the finding it was opened for: same field, same message.
@@ -518,6 +601,118 @@ class EcrfApplication(Application[UUID]):
             if key not in found:
                 audit = SYSTEM.stamp("system", subject.site, "soft check no longer applies")
                 subject.close_query(query.query_id, "Resolved by the correction.", audit)
+        if self.checks.is_anchor_form(entry.form):
+            self._recheck_visit_windows(subject, changed=entry)
+        self._recheck_date_order(subject, changed=entry)
+
+    @staticmethod
+    def _live_facts(subject: Subject) -> list[EntryFacts]:
+        return [
+            EntryFacts(e.entry_id, e.form, e.data) for e in subject.entries.values() if not e.voided
+        ]
+
+    def _recheck_visit_windows(self, subject: Subject, changed: Entry) -> None:
+        """Bring every other live entry's visit-window queries in line with the anchors now.
+
+        Only window queries are touched. A finding is asked again unless a query on it is
+        still open or a person closed it (the site's answer stands); a window query whose
+        finding no longer holds is closed by the system.
+        """
+        live = self._live_facts(subject)
+        reason = f"visit window recomputed after a change to {changed.form} {changed.entry_id}"
+        for other in list(subject.entries.values()):
+            if other.voided or other.entry_id == changed.entry_id:
+                continue
+            facts = EntryFacts(other.entry_id, other.form, other.data)
+            findings = self.checks.visit_window_findings(facts, other.visit, live)
+            window_queries = [
+                q
+                for q in subject.queries.values()
+                if q.entry_id == other.entry_id
+                and q.system
+                and q.messages
+                and self.checks.is_visit_window_message(other.visit, q.messages[0].text)
+            ]
+            resolution = "Resolved: the visit window was recomputed from the changed anchor date."
+            self._reconcile_system_queries(
+                subject, other, findings, window_queries, reason, resolution
+            )
+
+    def _recheck_date_order(self, subject: Subject, changed: Entry) -> None:
+        """Bring other live entries' date-order queries in line with ``changed``'s dates now.
+
+        Only queries of the rules comparing ``changed``'s form with the other entry's form
+        are touched, as for visit windows. A finding that a system query on ``changed``
+        already asks (its own checks just ran) is not asked a second time on the other
+        entry; a query whose finding no longer holds is closed by the system.
+        """
+        partners = self.checks.date_order_partners(changed.form)
+        if not partners:
+            return
+        live = self._live_facts(subject)
+        reason = f"date order rechecked after a change to {changed.form} {changed.entry_id}"
+        resolution = f"Resolved: the dates no longer conflict after a change to {changed.form}."
+        asked_on_changed = (
+            set()
+            if changed.voided
+            else {
+                q.messages[0].text
+                for q in subject.queries.values()
+                if q.entry_id == changed.entry_id
+                and q.system
+                and q.state != "closed"
+                and q.messages
+            }
+        )
+        for other in list(subject.entries.values()):
+            if other.voided or other.entry_id == changed.entry_id or other.form not in partners:
+                continue
+            messages = self.checks.date_order_messages(other.form, changed.form)
+            facts = EntryFacts(other.entry_id, other.form, other.data)
+            findings = self.checks.date_order_findings(facts, live, changed.form)
+            order_queries = [
+                q
+                for q in subject.queries.values()
+                if q.entry_id == other.entry_id
+                and q.system
+                and q.messages
+                and q.messages[0].text in messages
+            ]
+            self._reconcile_system_queries(
+                subject,
+                other,
+                findings,
+                order_queries,
+                reason,
+                resolution,
+                asked_elsewhere=frozenset(asked_on_changed),
+            )
+
+    def _reconcile_system_queries(
+        self,
+        subject: Subject,
+        entry: Entry,
+        findings: list[Finding],
+        queries: list[Query],
+        reason: str,
+        resolution: str,
+        asked_elsewhere: frozenset[str] = frozenset(),
+    ) -> None:
+        """Ask the findings not yet settled; close the open ``queries`` no finding backs."""
+        settled = {
+            (q.path, q.messages[0].text)
+            for q in queries
+            if q.state != "closed" or q.messages[-1].user != SYSTEM.username
+        }
+        for finding in findings:
+            key = (finding.path, finding.message)
+            if key not in settled and finding.message not in asked_elsewhere:
+                self.open_system_query(subject, entry.entry_id, finding.path, finding.message)
+        found = {(f.path, f.message) for f in findings}
+        for query in queries:
+            if query.state != "closed" and (query.path, query.messages[0].text) not in found:
+                audit = SYSTEM.stamp("system", subject.site, reason)
+                subject.close_query(query.query_id, resolution, audit)
 
     def correct_entry(
         self, actor: Actor, subject_id: str, entry_id: str, command: CorrectEntry
@@ -543,6 +738,7 @@ class EcrfApplication(Application[UUID]):
                 changes,
                 actor.stamp(role, subject.site, command.reason),
                 query_id=command.query_id,
+                schema_sha256=form.sha256,
             )
             self._raise_soft_checks(subject, entry_id)
             audit = actor.stamp(role, subject.site, command.reason)
@@ -560,8 +756,63 @@ class EcrfApplication(Application[UUID]):
             subject, role = self._subject(actor, subject_id, Action.ENTER_DATA)
             audit = actor.stamp(role, subject.site, command.reason)
             subject.void_entry(entry_id, command.expected_revision, audit)
+            voided = subject.entry(entry_id)
+            if self.checks.is_anchor_form(voided.form):
+                self._recheck_visit_windows(subject, changed=voided)
+            self._recheck_date_order(subject, changed=voided)
             position = self._save(subject, *self._escalation_follows(subject, entry_id, audit))
             return subject, subject.entry(entry_id), position
+
+        return self._retrying(run)
+
+    def migrate_entry(
+        self, actor: Actor, subject_id: str, entry_id: str, command: MigrateEntry
+    ) -> tuple[Subject, EntryMigration, int]:
+        """Move an entry to a newer version of its form, re-validated and re-derived there.
+
+        A dry run goes through every check and computes the same result, then stores
+        nothing; the casebook returned shows the entry as it would be.
+        """
+
+        def run() -> tuple[Subject, EntryMigration, int]:
+            # Refusals in the order a client can act on: 403/404, 423, 409, then 422.
+            subject, role = self._subject(actor, subject_id, Action.MIGRATE)
+            stored_position = self.subject_position(subject)
+            entry = subject.check_migration(entry_id, command.to_version, command.expected_revision)
+            try:
+                target = self.forms.get(entry.form, command.to_version)
+            except NotFoundError as error:
+                raise InvalidInputError.single("/to_version", str(error)) from None
+            source = self.forms.get(entry.form, entry.version)
+            client_data = {k: v for k, v in entry.data.items() if k not in source.read_only_fields}
+            self._refuse_read_only(target.read_only_fields, client_data)
+            data = self._derived(target, client_data)
+            changes = diff(entry.data, data)
+            audit = actor.stamp(role, subject.site, command.reason)
+            subject.migrate_entry(
+                entry_id,
+                target.version,
+                data,
+                changes,
+                target.sha256,
+                audit,
+                expected_revision=command.expected_revision,
+            )
+            self._raise_soft_checks(subject, entry_id)
+            migration = EntryMigration(
+                entry_id=entry_id,
+                form=entry.form,
+                from_version=entry.version,
+                to_version=target.version,
+                schema_sha256=target.sha256,
+                changes=changes,
+                dry_run=command.dry_run,
+            )
+            if command.dry_run:
+                # The changed copy is dropped unsaved: nothing is stored, nothing cached.
+                return subject, migration, stored_position
+            escalation = self._escalation_follows(subject, entry_id, audit)
+            return subject, migration, self._save(subject, *escalation)
 
         return self._retrying(run)
 
@@ -680,7 +931,9 @@ class EcrfApplication(Application[UUID]):
         def run() -> tuple[Subject, Signature, int]:
             subject, role = self._subject(actor, subject_id, Action.SIGN)
             audit = actor.stamp(role, subject.site)
-            signature = subject.sign_entry(entry_id, command.meaning, statement, audit)
+            signature = subject.sign_entry(
+                entry_id, command.meaning, statement, audit, command.expected_revision
+            )
             # The outcome is recorded in the same save as the signature that makes it count.
             escalation = self._escalation_follows(subject, entry_id, audit)
             return subject, signature, self._save(subject, *escalation)
@@ -695,7 +948,10 @@ class EcrfApplication(Application[UUID]):
 
         def change(subject: Subject, role: str) -> CasebookSignature:
             return subject.sign_casebook(
-                command.meaning, statement, actor.stamp(role, subject.site)
+                command.meaning,
+                statement,
+                actor.stamp(role, subject.site),
+                command.expected_revision,
             )
 
         return self._change_subject(actor, subject_id, Action.SIGN, change)
@@ -734,9 +990,9 @@ class EcrfApplication(Application[UUID]):
     def subject(self, actor: Actor, subject_id: str, as_of: datetime | None = None) -> Subject:
         """A casebook now, or exactly as it stood at ``as_of`` (replayed from its events)."""
         if as_of is None:
-            subject, _ = self._subject(actor, subject_id, Action.READ_CLINICAL)
+            subject, _ = self._subject(actor, subject_id, Action.READ_CASEBOOK)
             return subject
-        current, _ = self._subject(actor, subject_id, Action.READ_CLINICAL)
+        current, _ = self._subject(actor, subject_id, Action.READ_CASEBOOK)
         replayed: Subject | None = None
         for domain_event in self.subject_events(current.id):
             if domain_event.timestamp > as_of:
@@ -753,14 +1009,23 @@ class EcrfApplication(Application[UUID]):
     def audit_trail(
         self, actor: Actor, subject_id: str, entry_id: str | None = None
     ) -> list[dict[str, Any]]:
-        """Audit records of a casebook (or one entry), oldest first."""
-        subject, _ = self._subject(actor, subject_id, Action.READ_CLINICAL)
+        """Audit records of a casebook (or one entry), oldest first.
+
+        The casebook is replayed alongside its events, so that the record of a change
+        also names the signatures it invalidated and the verification it made stale.
+        """
+        subject, _ = self._subject(actor, subject_id, Action.READ_CASEBOOK)
         if entry_id is not None:
             subject.entry(entry_id)
         positions = self.table.stream_positions(subject.id)
         records = []
+        replayed: Subject | None = None
         for domain_event in self.subject_events(subject.id):
+            before = SignOff.of(replayed, getattr(domain_event, "entry_id", None))
+            replayed = domain_event.mutate(replayed)
             record = audit_record(domain_event, positions.get(domain_event.originator_version, 0))
+            if replayed is not None:
+                record["details"].update(before.undone_by(replayed))
             if entry_id is None or record["entry_id"] == entry_id:
                 records.append(record)
         return records
@@ -872,6 +1137,60 @@ class EcrfApplication(Application[UUID]):
         return EscalationSnapshot(escalation, frozenset(infused), frozenset(visible), position)
 
 
+@dataclass(frozen=True)
+class SignOff:
+    """An entry's signatures and SDV, and the casebook signatures that held, before an event."""
+
+    entry: Entry | None
+    casebook_signatures: tuple[CasebookSignature, ...]
+
+    @classmethod
+    def of(cls, subject: Subject | None, entry_id: Any) -> SignOff:
+        """The sign-off of ``subject`` (before its next event) around ``entry_id``."""
+        if subject is None:
+            return cls(None, ())
+        entry = subject.entries.get(entry_id) if isinstance(entry_id, str) else None
+        valid = tuple(s for s in subject.casebook_signatures if subject.casebook_signature_valid(s))
+        return cls(entry, valid)
+
+    def undone_by(self, after: Subject) -> dict[str, Any]:
+        """Signatures that held before and no longer do, and an SDV that went stale."""
+        undone: dict[str, Any] = {}
+        changed = after.entries.get(self.entry.entry_id) if self.entry is not None else None
+        if self.entry is not None and changed is not None:
+            before = self.entry
+            lost = [
+                s
+                for s in before.signatures
+                if before.signature_valid(s) and not changed.signature_valid(s)
+            ]
+            if lost:
+                undone["invalidated_signatures"] = [_manifestation(s) for s in lost]
+            if before.sdv == "verified" and changed.sdv != "verified":
+                undone["stale_sdv"] = {
+                    "revision": before.verified_revision,
+                    "verified_by": before.verified_by,
+                    "verified_at": before.verified_at,
+                }
+        lost_casebook = [
+            s.signature for s in self.casebook_signatures if not after.casebook_signature_valid(s)
+        ]
+        if lost_casebook:
+            undone["invalidated_casebook_signatures"] = [_manifestation(s) for s in lost_casebook]
+        return undone
+
+
+def _manifestation(signature: Signature) -> dict[str, Any]:
+    return {
+        "signer": signature.signer,
+        "signer_name": signature.signer_name,
+        "at": signature.at,
+        "meaning": signature.meaning,
+        "revision": signature.revision,
+        "data_hash": signature.data_hash,
+    }
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -899,6 +1218,10 @@ def audit_record(domain_event: Any, position: int) -> dict[str, Any]:
             "entries",
             "dose_level",
             "slot",
+            "form_version",
+            "from_version",
+            "to_version",
+            "schema_sha256",
         )
         if state.get(key) is not None
     }

@@ -6,9 +6,11 @@ an unknown field is a 422 before anything runs.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,17 +18,53 @@ from pydantic import (
     field_validator,
 )
 
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+# Characters that can make a text look filled in while saying nothing: controls (Cc),
+# format characters such as the zero-width space and the byte order mark (Cf), and
+# space separators that str.strip() keeps (Zs).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs"})
+
+
+def _no_nul(value: str) -> str:
+    """Refuse NUL: PostgreSQL text columns (the read models) cannot hold it."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return value
+
+
+def _visible(value: str) -> str:
+    """Refuse a text with nothing visible in it (e.g. only a zero-width space)."""
+    if not any(
+        not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in value
+    ):
+        raise ValueError("must contain at least one visible character")
+    return value
+
+
+Reason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
+    AfterValidator(_no_nul),
+    AfterValidator(_visible),
+]
 Username = Annotated[
     str,
     StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$"),
 ]
 SiteId = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,16}$")]
-FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+FullName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+    AfterValidator(_visible),
+]
+OptionalText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=4000), AfterValidator(_no_nul)
+]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 FormId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 VisitCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{1,16}$")]
 Revision = Annotated[int, Field(ge=1, le=1_000_000)]
+QueryId = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
 
 
 class Command(BaseModel):
@@ -52,19 +90,22 @@ class CreateUser(Command):
 
 
 class UpdateUser(Command):
-    """Change an account's roles, sites or active flag (admin); absent fields stay."""
+    """Change an account's roles, sites, printed name or active flag (admin), with a reason.
+
+    Absent fields stay as they are.
+    """
 
     roles: list[str] | None = Field(default=None, min_length=1, max_length=7)
     sites: list[SiteId] | None = Field(default=None, max_length=100)
     active: bool | None = None
     full_name: FullName | None = None
-    reason: Reason | None = None
+    reason: Reason
 
 
 class UnlockUser(Command):
-    """Unlock an account (admin)."""
+    """Unlock an account (admin), with a reason."""
 
-    reason: Reason | None = None
+    reason: Reason
 
 
 class AddSite(Command):
@@ -99,7 +140,7 @@ class CorrectEntry(Command):
     changes: dict[str, Any]
     reason: Reason
     expected_revision: Revision
-    query_id: Annotated[str, StringConstraints(max_length=100)] | None = None
+    query_id: QueryId | None = None
 
     @field_validator("changes")
     @classmethod
@@ -116,8 +157,30 @@ class VoidEntry(Command):
     expected_revision: Revision
 
 
-QueryText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
-Pointer = Annotated[str, StringConstraints(pattern=r"^(/([^~/]|~[01])*)+$", max_length=500)]
+class MigrateEntry(Command):
+    """Move an entry to a newer version of its form, with a reason (data manager).
+
+    ``dry_run`` shows what would change and stores nothing; ``expected_revision``, when
+    given, refuses the migration if the entry changed since it was read.
+    """
+
+    to_version: Annotated[int, Field(ge=1, le=1000)]
+    reason: Reason
+    dry_run: bool = False
+    expected_revision: Revision | None = None
+
+
+QueryText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
+    AfterValidator(_no_nul),
+    AfterValidator(_visible),
+]
+Pointer = Annotated[
+    str,
+    StringConstraints(pattern=r"^(/([^~/]|~[01])*)+$", max_length=500),
+    AfterValidator(_no_nul),
+]
 
 
 class OpenQuery(Command):
@@ -152,11 +215,17 @@ class VerifySource(Command):
 
 
 class Sign(Command):
-    """An electronic signature: credentials re-entered, and what the signature means."""
+    """An electronic signature: credentials re-entered, and what the signature means.
+
+    ``expected_revision``, when given, is the revision the signer read: for an entry its
+    revision, for a casebook the casebook's revision. If the data changed since, the
+    signature is refused (409) rather than bound to something the signer never saw.
+    """
 
     username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     password: Password
     meaning: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    expected_revision: Revision | None = None
 
 
 class Lock(Command):
@@ -193,6 +262,6 @@ class DecideDose(Command):
 
     action: Literal["escalate", "expand", "continue", "deescalate", "stop"]
     dose_level: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")] | None = None
-    rationale: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = ""
+    rationale: OptionalText = ""
     password: Password
     meaning: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]

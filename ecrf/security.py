@@ -6,7 +6,7 @@ import contextlib
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -17,6 +17,7 @@ from ecrf.domain.errors import InvalidInputError, NotAuthenticatedError
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
+_TOKENS_REMEMBERED = 10_000
 
 
 def check_password_policy(password: str) -> None:
@@ -57,6 +58,11 @@ class TokenService:
 
     secret: str
     ttl_seconds: int = 900
+    # Tokens whose signature was checked once, with their subject and expiry: each
+    # request re-checks only the expiry (decoding costs more than the rest of the check).
+    _verified: dict[str, tuple[str, int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_file(cls, path: Path, ttl_seconds: int) -> TokenService:
@@ -84,6 +90,11 @@ class TokenService:
 
     def username(self, token: str) -> str:
         """The username a valid, unexpired token was issued to; 401 otherwise."""
+        verified = self._verified.get(token)
+        if verified is not None:
+            if verified[1] <= time.time():  # expired, as PyJWT decides it
+                raise NotAuthenticatedError("token expired; log in again")
+            return verified[0]
         try:
             claims = jwt.decode(
                 token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
@@ -92,7 +103,11 @@ class TokenService:
             raise NotAuthenticatedError("token expired; log in again") from None
         except jwt.PyJWTError:
             raise NotAuthenticatedError("invalid token") from None
-        subject = claims.get("sub")
+        subject, expires = claims.get("sub"), claims.get("exp")
         if not isinstance(subject, str):
             raise NotAuthenticatedError("invalid token")
+        if isinstance(expires, int):
+            if len(self._verified) >= _TOKENS_REMEMBERED:
+                self._verified.clear()
+            self._verified[token] = (subject, expires)
         return subject

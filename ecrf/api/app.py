@@ -12,6 +12,7 @@ from ecrf.api.middleware import (
     BodyLimitMiddleware,
     DatabaseBreaker,
     DatabaseBreakerMiddleware,
+    NulRefusalMiddleware,
     RequestIdMiddleware,
 )
 from ecrf.api.models import ERROR_RESPONSES
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.state.breaker = DatabaseBreaker()
     api.add_middleware(DatabaseBreakerMiddleware, breaker=api.state.breaker)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    api.add_middleware(NulRefusalMiddleware)
     api.add_middleware(RequestIdMiddleware)
     for module in (auth, users, study, subjects, monitoring, ledger, reports, cohorts, exports):
         api.include_router(module.router)

@@ -101,7 +101,7 @@ def _domain_or_outage(request: Request, error: Exception) -> JSONResponse:
 REFUSALS = (NotAuthenticatedError, ForbiddenError, AccountLockedError, HiddenError)
 
 
-class _Budget:
+class RefusalBudget:
     """At most ``per_minute`` takes in any rolling minute (thread-safe)."""
 
     def __init__(self, per_minute: int) -> None:
@@ -120,7 +120,7 @@ class _Budget:
             return True
 
 
-_anonymous_budget = _Budget(per_minute=60)
+ANONYMOUS_REFUSALS_PER_MINUTE = 60
 
 
 def _record_refusal(request: Request, error: EcrfError) -> None:
@@ -129,7 +129,10 @@ def _record_refusal(request: Request, error: EcrfError) -> None:
     if application is None:
         return
     username = getattr(request.state, "username", "") or "anonymous"
-    if username == "anonymous" and not _anonymous_budget.take():
+    # One budget per app (installed with the handlers), so apps in one process never
+    # spend each other's.
+    budget: RefusalBudget = request.app.state.anonymous_refusals
+    if username == "anonymous" and not budget.take():
         # Without a login anyone could grow the permanent log; past a budget per minute
         # refusals are only logged.
         logger.warning("refused (not recorded, budget spent): %s %s", request.method, error)
@@ -156,6 +159,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mappings on an app."""
+    app.state.anonymous_refusals = RefusalBudget(per_minute=ANONYMOUS_REFUSALS_PER_MINUTE)
     app.add_exception_handler(EcrfError, _domain_or_outage)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

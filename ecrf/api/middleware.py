@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +34,46 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class NulRefusalMiddleware:
+    """Refuses a NUL (``%00``) in the path or query string with 422 before any handler.
+
+    PostgreSQL text cannot hold NUL, so a filter such as ``/queries?site=%00`` would
+    otherwise fail in the database; no identifier or filter of the API contains one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 422 for a NUL in the URL; pass everything else on."""
+        if scope["type"] == "http":
+            where = None
+            if "\x00" in scope.get("path", ""):
+                where = "path"
+            elif b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+                where = "query"
+            if where is not None:
+                problem = {
+                    "path": "",
+                    "location": where,
+                    "message": "NUL characters (\\u0000) are not accepted",
+                }
+                await _respond(send, 422, {"detail": [problem]})
+                return
+        await self.app(scope, receive, send)
+
+
+async def _respond(send: Send, status: int, body: object) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 class BodyLimitMiddleware:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """A naive time is UTC (SQLite hands back naive values); an aware one moves to UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A UTC instant; pydantic writes it as ISO 8601 with ``Z`` (API.md: timestamps are UTC)."""
 
 
 class TokenPublic(BaseModel):
@@ -35,12 +46,13 @@ class SitePublic(BaseModel):
 
 
 class FormSummary(BaseModel):
-    """One released form version."""
+    """One released form version; ``current`` marks the version new entries get."""
 
     form: str
     version: int
     title: str
     sha256: str
+    current: bool
 
 
 class SubjectPublic(BaseModel):
@@ -67,7 +79,7 @@ class SignaturePublic(BaseModel):
 
     signer: str
     signer_name: str
-    at: datetime
+    at: UtcDateTime
     meaning: str
     statement: str
     revision: int
@@ -86,18 +98,36 @@ class EntryPublic(BaseModel):
     revision: int
     voided: bool
     schema_sha256: str
-    recorded_at: datetime
+    recorded_at: UtcDateTime
     recorded_by: str
-    updated_at: datetime | None
+    updated_at: UtcDateTime | None
     sdv: str
     sdv_revision: int | None = None
     sdv_by: str | None = None
-    sdv_at: datetime | None = None
+    sdv_at: UtcDateTime | None = None
     sdv_changes: list[ChangePublic] = []
     signed: bool
     signatures: list[SignaturePublic] = []
     locked: bool
     open_queries: int
+    position: int
+
+
+class MigrationPublic(BaseModel):
+    """An entry moved (or, on a dry run, that would move) to a newer form version.
+
+    ``changes`` are old and new per JSON Pointer path; ``entry`` is the entry after the
+    migration (on a dry run: as it would be; nothing is stored).
+    """
+
+    dry_run: bool
+    entry_id: str
+    form: str
+    from_version: int
+    to_version: int
+    schema_sha256: str
+    changes: list[ChangePublic]
+    entry: EntryPublic
     position: int
 
 
@@ -114,7 +144,7 @@ class QueryMessagePublic(BaseModel):
     text: str
     user: str
     user_name: str
-    at: datetime
+    at: UtcDateTime
 
 
 class QueryPublic(BaseModel):
@@ -130,21 +160,26 @@ class QueryPublic(BaseModel):
     state: str
     system: bool
     opened_by: str
-    opened_at: datetime
+    opened_at: UtcDateTime
     messages: list[QueryMessagePublic]
     position: int
 
 
 class CasebookPublic(BaseModel):
-    """A subject's casebook: status and every entry, now or as of a moment."""
+    """A subject's casebook: status and every entry, now or as of a moment.
+
+    ``revision`` counts every change recorded in the casebook; a casebook signature can
+    send it back as ``expected_revision`` to sign exactly what was read.
+    """
 
     subject_id: str
     site: str
     screening_number: str
     status: str
     dose_level: str | None
-    as_of: datetime | None
+    as_of: UtcDateTime | None
     position: int
+    revision: int
     locked: bool
     sdv: str
     signed: bool
@@ -159,7 +194,7 @@ class AuditRecordPublic(BaseModel):
     position: int
     event_id: str
     version: int
-    at: datetime
+    at: UtcDateTime
     action: str
     user: str
     user_name: str
@@ -186,9 +221,9 @@ class QuerySummary(BaseModel):
     state: str
     system: bool
     opened_by: str
-    opened_at: datetime
+    opened_at: UtcDateTime
     last_text: str
-    updated_at: datetime
+    updated_at: UtcDateTime
     position: int
 
 
@@ -242,7 +277,7 @@ class DecisionPublic(BaseModel):
     opens: dict[str, Any] | None
     signer: str
     signer_name: str
-    at: datetime
+    at: UtcDateTime
     meaning: str
     statement: str
     decision_hash: str
@@ -265,12 +300,15 @@ class CohortPublic(BaseModel):
     number: int
     dose_level: str
     slots: int
-    opened_at: datetime
+    opened_at: UtcDateTime
     decision: int | None
 
 
 class SlotPublic(BaseModel):
-    """One slot; ``subject_id`` is null when the subject is at a site the reader cannot see."""
+    """One slot; ``subject_id`` is null when the subject is at a site the reader cannot see.
+
+    ``infused_at`` is the infusion instant of the subject's cart_infusion entry, if any.
+    """
 
     slot: int
     cohort: int
@@ -278,11 +316,15 @@ class SlotPublic(BaseModel):
     subject_id: str | None
     outcome: str
     infused: bool
-    assigned_at: datetime
+    assigned_at: UtcDateTime
+    infused_at: UtcDateTime | None = None
 
 
 class CohortsPublic(BaseModel):
-    """The dose-escalation state: levels, outcomes, recommendation, decisions, enrolment."""
+    """The dose-escalation state: levels, outcomes, recommendation, decisions, enrolment.
+
+    ``position`` is the log position the state reflects; ``as_of`` the instant asked for.
+    """
 
     levels: list[DoseLevelPublic]
     recommendation: RecommendationPublic
@@ -294,6 +336,7 @@ class CohortsPublic(BaseModel):
     cohorts: list[CohortPublic]
     slots: list[SlotPublic]
     position: int
+    as_of: UtcDateTime | None = None
 
 
 class ProblemPublic(BaseModel):

@@ -9,10 +9,12 @@ from ecrf.api.models import (
     CasebookSignaturePublic,
     ChangePublic,
     EntryPublic,
+    MigrationPublic,
     QueryMessagePublic,
     QueryPublic,
     SignaturePublic,
 )
+from ecrf.application import EntryMigration
 from ecrf.domain.patch import diff
 from ecrf.domain.subject import Entry, Signature, Subject
 
@@ -64,6 +66,23 @@ def entry_public(subject: Subject, entry: Entry, position: int) -> EntryPublic:
     )
 
 
+def migration_public(subject: Subject, migration: EntryMigration, position: int) -> MigrationPublic:
+    """A migration of one entry and the entry after it (as it would be, on a dry run)."""
+    return MigrationPublic(
+        dry_run=migration.dry_run,
+        entry_id=migration.entry_id,
+        form=migration.form,
+        from_version=migration.from_version,
+        to_version=migration.to_version,
+        schema_sha256=migration.schema_sha256,
+        changes=[
+            ChangePublic(path=c["path"], old=c["old"], new=c["new"]) for c in migration.changes
+        ],
+        entry=entry_public(subject, subject.entry(migration.entry_id), position),
+        position=position,
+    )
+
+
 def casebook_public(subject: Subject, position: int, as_of: datetime | None) -> CasebookPublic:
     """A whole casebook as the API shows it, entries in the order they were recorded."""
     entries = [entry_public(subject, e, position) for e in subject.entries.values()]
@@ -89,6 +108,7 @@ def casebook_public(subject: Subject, position: int, as_of: datetime | None) -> 
         dose_level=subject.dose_level,
         as_of=as_of,
         position=position,
+        revision=subject.version,
         locked=subject.locked,
         sdv=sdv,
         signed=any(s.valid for s in signatures),

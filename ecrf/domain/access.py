@@ -24,6 +24,7 @@ class Role(StrEnum):
 class Action(StrEnum):
     """Every command and read that is checked against roles."""
 
+    READ_CASEBOOK = "read casebooks, audit trails and queries"
     READ_CLINICAL = "read clinical data"
     REGISTER_SUBJECT = "register subjects"
     ENTER_DATA = "enter and correct form data"
@@ -42,16 +43,23 @@ class Action(StrEnum):
     MANAGE_SITES = "manage sites"
 
 
-_CLINICAL_READERS = {
+# Who reads subject-level data: casebooks, entries, audit trails, the query list.
+# The Safety Review Committee is not among them: PROTOCOL.md gives it the safety tables
+# and the dose decisions only, and its role is not bound to sites.
+_CASEBOOK_READERS = {
     Role.SITE_STAFF,
     Role.INVESTIGATOR,
     Role.MONITOR,
     Role.DATA_MANAGER,
-    Role.SAFETY_REVIEWER,
     Role.REGULATOR,
 }
 
+# Who reads study-level clinical summaries: the reports and the dose-escalation state.
+_CLINICAL_READERS = _CASEBOOK_READERS | {Role.SAFETY_REVIEWER}
+
 PERMISSIONS: dict[Action, frozenset[Role]] = {
+    Action.READ_CASEBOOK: frozenset(_CASEBOOK_READERS),
+    # Dose-escalation cohorts (and the slots' subject ids, each site-checked).
     Action.READ_CLINICAL: frozenset(_CLINICAL_READERS),
     Action.REGISTER_SUBJECT: frozenset({Role.SITE_STAFF, Role.INVESTIGATOR}),
     Action.ENTER_DATA: frozenset({Role.SITE_STAFF, Role.INVESTIGATOR}),

@@ -16,7 +16,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import Aggregate, event
 
-from ecrf.domain.errors import ConflictError, LockedError, NotFoundError
+from ecrf.domain.errors import ConflictError, InvalidInputError, LockedError, NotFoundError
 from ecrf.domain.ids import subject_stream
 
 
@@ -166,14 +166,47 @@ class Subject(Aggregate):
         audit: dict[str, Any]
 
     class EntryCorrected(Event):
-        """An entry was changed, with a reason; ``changes`` lists old and new per path."""
+        """An entry was changed, with a reason; ``changes`` lists old and new per path.
+
+        ``form_version`` and ``schema_sha256`` name the schema that validated ``data``.
+        Version 1 of this event did not carry them; such events load with both None.
+        """
+
+        class_version = 2
 
         entry_id: str
         form: str
+        form_version: int | None
+        revision: int
+        data: dict[str, Any]
+        schema_sha256: str | None
+        changes: list[dict[str, Any]]
+        query_id: str | None
+        audit: dict[str, Any]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Corrections stored before version 2 do not say which schema validated them."""
+            state["form_version"] = None
+            state["schema_sha256"] = None
+
+    class EntryMigrated(Event):
+        """An entry was moved to a newer version of its form, with a reason.
+
+        ``data`` is the entry's data as validated by the target version (derived values
+        recomputed), ``changes`` old and new per JSON Pointer path (often none), and
+        ``schema_sha256`` the hash of the target schema. The revision moves only when the
+        data changes, so signatures and SDV of unchanged data still hold.
+        """
+
+        entry_id: str
+        form: str
+        from_version: int
+        to_version: int
         revision: int
         data: dict[str, Any]
         changes: list[dict[str, Any]]
-        query_id: str | None
+        schema_sha256: str
         audit: dict[str, Any]
 
     class EntryVoided(Event):
@@ -375,10 +408,13 @@ class Subject(Aggregate):
         changes: list[dict[str, Any]],
         audit: dict[str, Any],
         query_id: str | None = None,
+        schema_sha256: str | None = None,
     ) -> None:
         """Change an entry's data; stale revisions, voided and locked entries conflict.
 
-        Citing a query records the correction as its answer.
+        ``data`` was validated by the entry's pinned form version, whose schema hash is
+        ``schema_sha256`` (the entry's own when not given). Citing a query records the
+        correction as its answer.
         """
         entry = self._current(entry_id, expected_revision)
         self._check_unlocked(entry)
@@ -391,12 +427,70 @@ class Subject(Aggregate):
             if query.state == QueryState.CLOSED:
                 raise ConflictError(f"query {query_id} is closed")
         self._entry_corrected(
-            entry_id, entry.form, entry.revision + 1, data, changes, query_id, audit
+            entry_id,
+            entry.form,
+            entry.version,
+            entry.revision + 1,
+            data,
+            schema_sha256 or entry.schema_sha256,
+            changes,
+            query_id,
+            audit,
         )
         if query_id is not None:
             self._query_answered(
                 query_id, entry_id, f"Corrected: {audit.get('reason', '')}".strip(), audit
             )
+
+    def check_migration(
+        self, entry_id: str, to_version: int, expected_revision: int | None = None
+    ) -> Entry:
+        """The entry, if it may move to ``to_version``: unlocked, live, current, older.
+
+        Locks refuse first (423), then a voided entry or a stale revision (409), then a
+        version that is not newer than the entry's (422).
+        """
+        entry = self.entry(entry_id)
+        self._check_unlocked(entry)
+        if entry.voided:
+            raise ConflictError(f"entry {entry_id} is voided")
+        if expected_revision is not None and entry.revision != expected_revision:
+            raise ConflictError(
+                f"entry {entry_id} is at revision {entry.revision}, "
+                f"not {expected_revision}: reload it and migrate again"
+            )
+        if to_version <= entry.version:
+            raise InvalidInputError.single(
+                "/to_version",
+                f"entry {entry_id} is at version {entry.version} of {entry.form}; "
+                "migrate it to a newer version",
+            )
+        return entry
+
+    def migrate_entry(
+        self,
+        entry_id: str,
+        to_version: int,
+        data: dict[str, Any],
+        changes: list[dict[str, Any]],
+        schema_sha256: str,
+        audit: dict[str, Any],
+        expected_revision: int | None = None,
+    ) -> None:
+        """Move an entry to a newer version of its form (data validated by the caller)."""
+        entry = self.check_migration(entry_id, to_version, expected_revision)
+        revision = entry.revision + 1 if changes else entry.revision
+        self._entry_migrated(
+            entry_id,
+            entry.form,
+            entry.version,
+            to_version,
+            revision,
+            data,
+            changes,
+            schema_sha256,
+            audit,
+        )
 
     def void_entry(self, entry_id: str, expected_revision: int, audit: dict[str, Any]) -> None:
         """Mark an entry entered-in-error."""
@@ -466,21 +560,44 @@ class Subject(Aggregate):
         self._entry_verified(entry_id, entry.form, revision, audit)
 
     def sign_entry(
-        self, entry_id: str, meaning: str, statement: str, audit: dict[str, Any]
+        self,
+        entry_id: str,
+        meaning: str,
+        statement: str,
+        audit: dict[str, Any],
+        expected_revision: int | None = None,
     ) -> Signature:
-        """Sign an entry at its current revision; returns the manifestation."""
+        """Sign an entry at its current revision (the one the signer read, if given)."""
         entry = self.entry(entry_id)
         if entry.voided:
             raise ConflictError(f"entry {entry_id} is voided")
+        if expected_revision is not None and entry.revision != expected_revision:
+            raise ConflictError(
+                f"entry {entry_id} is at revision {entry.revision}, not {expected_revision}: "
+                "reload it and sign what is there now"
+            )
         self._entry_signed(
             entry_id, entry.form, entry.revision, data_hash(entry.data), meaning, statement, audit
         )
         return self.entry(entry_id).signatures[-1]  # entries are replaced, not changed
 
     def sign_casebook(
-        self, meaning: str, statement: str, audit: dict[str, Any]
+        self,
+        meaning: str,
+        statement: str,
+        audit: dict[str, Any],
+        expected_revision: int | None = None,
     ) -> CasebookSignature:
-        """Sign every live entry of the casebook as it stands."""
+        """Sign every live entry of the casebook as it stands (as the signer read it, if given).
+
+        The casebook's revision is its version: any change to it since the signer read
+        it (an entry, a correction, a query, a lock) makes ``expected_revision`` stale.
+        """
+        if expected_revision is not None and self.version != expected_revision:
+            raise ConflictError(
+                f"casebook {self.subject_id} is at revision {self.version}, "
+                f"not {expected_revision}: reload it and sign what is there now"
+            )
         entries = [
             {"entry_id": e.entry_id, "revision": e.revision, "data_hash": data_hash(e.data)}
             for e in self.entries.values()
@@ -555,13 +672,43 @@ class Subject(Aggregate):
         self,
         entry_id: str,
         form: str,
+        form_version: int | None,
         revision: int,
         data: dict[str, Any],
+        schema_sha256: str | None,
         changes: list[dict[str, Any]],
         query_id: str | None,
         audit: dict[str, Any],
     ) -> None:
-        self._change_entry(entry_id, data=data, revision=revision, updated_at=self.event_time)
+        self._change_entry(
+            entry_id,
+            data=data,
+            revision=revision,
+            schema_sha256=schema_sha256 or self.entries[entry_id].schema_sha256,
+            updated_at=self.event_time,
+        )
+
+    @event(EntryMigrated)
+    def _entry_migrated(
+        self,
+        entry_id: str,
+        form: str,
+        from_version: int,
+        to_version: int,
+        revision: int,
+        data: dict[str, Any],
+        changes: list[dict[str, Any]],
+        schema_sha256: str,
+        audit: dict[str, Any],
+    ) -> None:
+        self._change_entry(
+            entry_id,
+            version=to_version,
+            data=data,
+            revision=revision,
+            schema_sha256=schema_sha256,
+            updated_at=self.event_time,
+        )
 
     @event(EntryVoided)
     def _entry_voided(self, entry_id: str, form: str, revision: int, audit: dict[str, Any]) -> None:

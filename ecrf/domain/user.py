@@ -36,6 +36,12 @@ class User(Aggregate):
         sites: list[str]
         audit: dict[str, Any]
 
+    class FullNameChanged(Aggregate.Event):
+        """The printed name was changed; signatures already made keep the name they bear."""
+
+        full_name: str
+        audit: dict[str, Any]
+
     class Deactivated(Aggregate.Event):
         """The account can no longer log in."""
 
@@ -107,6 +113,11 @@ class User(Aggregate):
     def change_sites(self, sites: list[str], audit: dict[str, Any]) -> None:
         """Replace the site grants."""
         self.sites = list(sites)
+
+    @event(FullNameChanged)
+    def change_full_name(self, full_name: str, audit: dict[str, Any]) -> None:
+        """Replace the printed name (the name signature manifestations show from now on)."""
+        self.full_name = full_name
 
     @event(Deactivated)
     def deactivate(self, audit: dict[str, Any]) -> None:

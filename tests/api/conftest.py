@@ -21,31 +21,43 @@ class Api:
 
     client: TestClient
     tokens: dict[str, str] = field(default_factory=dict)
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def password(self, username: str) -> str:
+        """The password of an account made here (``PASSWORD`` unless it was given one)."""
+        return self.passwords.get(username, PASSWORD)
 
     def headers(self, username: str) -> dict[str, str]:
         """Bearer headers for ``username`` (logging in once)."""
         if username not in self.tokens:
             response = self.client.post(
-                "/auth/token", data={"username": username, "password": PASSWORD}
+                "/auth/token", data={"username": username, "password": self.password(username)}
             )
             assert response.status_code == 200, response.text
             self.tokens[username] = response.json()["access_token"]
         return {"Authorization": f"Bearer {self.tokens[username]}"}
 
-    def user(self, username: str, roles: list[str], sites: list[str] | None = None) -> str:
+    def user(
+        self,
+        username: str,
+        roles: list[str],
+        sites: list[str] | None = None,
+        password: str = PASSWORD,
+    ) -> str:
         """Create an account (as the admin) and return its username."""
         response = self.client.post(
             "/users",
             json={
                 "username": username,
                 "full_name": username.replace("_", " ").title(),
-                "password": PASSWORD,
+                "password": password,
                 "roles": roles,
                 "sites": sites if sites is not None else ["CHH"],
             },
             headers=self.headers("admin"),
         )
         assert response.status_code == 201, response.text
+        self.passwords[username] = password
         return username
 
     def get(self, username: str, path: str, **kwargs: Any) -> Any:

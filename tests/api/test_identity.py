@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
 from ecrf.domain.errors import NotAuthenticatedError
 from ecrf.security import TokenService
 from tests.api.conftest import PASSWORD, Api
+from tests.api.test_casebook import SUBJECT, enter_demographics
 
 
 def test_login_returns_an_expiring_bearer_token(api: Api) -> None:
@@ -102,8 +104,10 @@ def test_only_admins_manage_accounts(api: Api) -> None:
     }
     for username in ("crc", "pi", "cra", "dm", "src", "fda"):
         assert api.post(username, "/users", body).status_code == 403
-        assert api.patch(username, "/users/crc", {"roles": ["admin"]}).status_code == 403
-        assert api.post(username, "/users/crc/unlock", {}).status_code == 403
+        grant = {"roles": ["admin"], "reason": "promotion"}
+        assert api.patch(username, "/users/crc", grant).status_code == 403
+        unlock = {"reason": "identity confirmed"}
+        assert api.post(username, "/users/crc/unlock", unlock).status_code == 403
     assert api.get("crc", "/auth/me").json()["roles"] == ["site_staff"]
 
 
@@ -121,8 +125,8 @@ def test_account_changes_take_effect_immediately(api: Api) -> None:
 @pytest.mark.parametrize(
     ("body", "path"),
     [
-        ({"roles": ["superuser"]}, "/roles/0"),
-        ({"sites": ["XYZ"]}, "/sites/0"),
+        ({"roles": ["superuser"], "reason": "new duties"}, "/roles/0"),
+        ({"sites": ["XYZ"], "reason": "moved"}, "/sites/0"),
     ],
 )
 def test_unknown_roles_and_sites_are_422(api: Api, body: dict[str, list[str]], path: str) -> None:
@@ -191,10 +195,86 @@ def test_admins_reset_passwords_with_a_reason(api: Api) -> None:
 
 
 def test_an_admin_account_cannot_also_hold_clinical_roles(api: Api) -> None:
-    body = {"roles": ["admin", "site_staff"], "sites": ["CHH"]}
+    body = {"roles": ["admin", "site_staff"], "sites": ["CHH"], "reason": "covering the site"}
     response = api.patch("admin", "/users/crc", body)
     assert response.status_code == 422
     assert response.json()["detail"][0]["path"] == "/roles"
     # Nor can an admin change their own grants to reach clinical data.
-    assert api.patch("admin", "/users/admin", {"roles": ["site_staff"]}).status_code == 403
+    own = {"roles": ["site_staff"], "reason": "covering the site"}
+    assert api.patch("admin", "/users/admin", own).status_code == 403
     assert api.get("admin", "/subjects").status_code == 403
+
+
+def _user_events(api: Api, username: str) -> list[Any]:
+    application = api.client.app.state.application  # type: ignore[attr-defined]
+    return list(application.events.get(application._user(username).id))
+
+
+def test_a_new_printed_name_shows_on_new_signatures_and_old_ones_keep_theirs(api: Api) -> None:
+    entry = enter_demographics(api)
+    url = f"/subjects/{SUBJECT}/entries/{entry['entry_id']}"
+    sign = {"username": "pi", "password": PASSWORD, "meaning": "review"}
+    assert api.post("pi", f"{url}/signature", sign).json()["signer_name"] == "Pi"
+    body = {"full_name": "Dr Pia Ito", "reason": "name changed on marriage"}
+    renamed = api.patch("admin", "/users/pi", body)
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["full_name"] == "Dr Pia Ito"
+    assert api.get("pi", "/auth/me").json()["full_name"] == "Dr Pia Ito"
+    signed = api.post("pi", f"/subjects/{SUBJECT}/signature", {**sign, "meaning": "approval"})
+    assert signed.json()["signer_name"] == "Dr Pia Ito"
+    [earlier] = api.get("cra", url).json()["signatures"]
+    assert (earlier["signer_name"], earlier["valid"]) == ("Pi", True)
+    changed = [e for e in _user_events(api, "pi") if type(e).__name__ == "FullNameChanged"]
+    assert [(e.full_name, e.audit["user"], e.audit["reason"]) for e in changed] == [
+        ("Dr Pia Ito", "admin", "name changed on marriage")
+    ]
+    # The same name again changes nothing and records nothing.
+    assert api.patch("admin", "/users/pi", body).status_code == 200
+    assert [type(e).__name__ for e in _user_events(api, "pi")].count("FullNameChanged") == 1
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\u200b", "\ufeff\u00a0", "Dr\u0000Ito"])
+def test_a_printed_name_must_be_visible_text(api: Api, name: str) -> None:
+    response = api.patch("admin", "/users/pi", {"full_name": name, "reason": "typo"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["path"] == "/full_name"
+    assert api.get("admin", "/users/pi").json()["full_name"] == "Pi"
+
+
+MISSING_REASONS = [{}, {"reason": ""}, {"reason": "   "}, {"reason": "\u200b"}, {"reason": "\x00"}]
+
+
+@pytest.mark.parametrize("reason", MISSING_REASONS)
+def test_account_changes_need_a_reason(api: Api, reason: dict[str, str]) -> None:
+    before = len(_user_events(api, "crc"))
+    for change in ({"roles": ["investigator"]}, {"active": False}, {"full_name": "C. R. C."}):
+        response = api.patch("admin", "/users/crc", {**change, **reason})
+        assert response.status_code == 422, (change, response.text)
+        assert [p["path"] for p in response.json()["detail"]] == ["/reason"]
+    reset = api.post("admin", "/users/crc/password", {"new_password": "another secret", **reason})
+    assert reset.status_code == 422
+    assert len(_user_events(api, "crc")) == before
+    assert api.get("admin", "/users/crc").json()["roles"] == ["site_staff"]
+
+
+@pytest.mark.parametrize("reason", MISSING_REASONS)
+def test_unlocking_an_account_needs_a_reason(api: Api, reason: dict[str, str]) -> None:
+    for _ in range(5):
+        api.client.post("/auth/token", data={"username": "crc", "password": "wrong!"})
+    assert api.post("admin", "/users/crc/unlock", reason).status_code == 422
+    assert api.client.post("/users/crc/unlock", headers=api.headers("admin")).status_code == 422
+    assert api.get("admin", "/users/crc").json()["locked"] is True
+    unlocked = api.post("admin", "/users/crc/unlock", {"reason": "identity checked by phone"})
+    assert unlocked.status_code == 200
+    last = _user_events(api, "crc")[-1]
+    assert (type(last).__name__, last.audit["reason"]) == ("Unlocked", "identity checked by phone")
+
+
+def test_account_changes_record_their_reason(api: Api) -> None:
+    body = {"roles": ["investigator"], "sites": [], "reason": "moved to the sponsor"}
+    assert api.patch("admin", "/users/crc", body).status_code == 200
+    recorded = {type(e).__name__: e.audit["reason"] for e in _user_events(api, "crc")[-2:]}
+    assert recorded == {
+        "RolesChanged": "moved to the sponsor",
+        "SitesChanged": "moved to the sponsor",
+    }

@@ -279,3 +279,196 @@ class TestLocks:
             "data_manager",
             "database lock",
         )
+
+
+class TestSigningWhatWasRead:
+    def test_a_signature_on_a_stale_revision_is_409_and_signs_nothing(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        read = api.get("pi", _entry_url(entry)).json()  # the investigator reads revision 1
+        assert _correct(api, entry, 1, weight_kg=80.0).status_code == 200  # the site corrects
+        stale = _sign(api, entry, expected_revision=read["revision"])
+        assert stale.status_code == 409
+        assert "revision 2" in stale.json()["detail"]
+        assert api.get("cra", _entry_url(entry)).json()["signatures"] == []
+        current = _sign(api, entry, expected_revision=2)
+        assert current.status_code == 201, current.text
+        assert (current.json()["revision"], current.json()["valid"]) == (2, True)
+
+    def test_without_expected_revision_the_current_revision_is_signed(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        _correct(api, entry, 1, weight_kg=80.0)
+        assert _sign(api, entry).json()["revision"] == 2
+
+    @pytest.mark.parametrize("revision", [0, -1, "one", 1.5])
+    def test_a_malformed_expected_revision_is_422(self, api: Api, revision: Any) -> None:
+        entry = enter_demographics(api)
+        response = _sign(api, entry, expected_revision=revision)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["path"] == "/expected_revision"
+
+    def test_a_casebook_signature_on_a_stale_casebook_is_409(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        read = api.get("pi", f"/subjects/{SUBJECT}").json()
+        body = {"username": "pi", "password": PASSWORD, "meaning": "approval"}
+        assert _correct(api, entry, 1, weight_kg=80.0).status_code == 200
+        stale = api.post(
+            "pi", f"/subjects/{SUBJECT}/signature", {**body, "expected_revision": read["revision"]}
+        )
+        assert stale.status_code == 409
+        assert api.get("cra", f"/subjects/{SUBJECT}").json()["signatures"] == []
+        now = api.get("pi", f"/subjects/{SUBJECT}").json()
+        assert now["revision"] == read["revision"] + 1
+        signed = api.post(
+            "pi", f"/subjects/{SUBJECT}/signature", {**body, "expected_revision": now["revision"]}
+        )
+        assert signed.status_code == 201, signed.text
+        assert signed.json()["entries"] == [
+            {
+                "entry_id": entry["entry_id"],
+                "revision": 2,
+                "data_hash": _hash(now["entries"][0]),
+            }
+        ]
+
+
+def _hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(entry["data"], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class TestSigningWithOwnCredentials:
+    """Two investigators with different passwords: only one's own password signs as them."""
+
+    OTHER_PASSWORD = "a different pass phrase"
+
+    def test_each_investigator_signs_only_with_their_own_password(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        api.user("pi2", ["investigator"], password=self.OTHER_PASSWORD)
+        url = f"{_entry_url(entry)}/signature"
+        attempts = [
+            ("pi", {"username": "pi2", "password": self.OTHER_PASSWORD}),  # another's, right
+            ("pi", {"username": "pi", "password": self.OTHER_PASSWORD}),  # own name, their pw
+            ("pi2", {"username": "pi2", "password": PASSWORD}),  # own name, the first's pw
+            ("pi2", {"username": "pi", "password": PASSWORD}),  # the first's, right
+        ]
+        for caller, credentials in attempts:
+            response = api.post(caller, url, {**credentials, "meaning": "review"})
+            assert response.status_code == 403, (caller, credentials, response.text)
+        assert api.get("cra", _entry_url(entry)).json()["signatures"] == []
+        own = api.post(
+            "pi2", url, {"username": "pi2", "password": self.OTHER_PASSWORD, "meaning": "review"}
+        )
+        assert own.status_code == 201, own.text
+        assert (own.json()["signer"], own.json()["signer_name"]) == ("pi2", "Pi2")
+
+    def test_a_wrong_password_counts_against_the_signer_not_the_other(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        api.user("pi2", ["investigator"], password=self.OTHER_PASSWORD)
+        url = f"{_entry_url(entry)}/signature"
+        for _ in range(5):
+            body = {"username": "pi2", "password": PASSWORD, "meaning": "review"}
+            api.post("pi2", url, body)
+        assert api.get("admin", "/users/pi2").json()["locked"] is True
+        assert api.get("admin", "/users/pi").json()["locked"] is False
+        assert _sign(api, entry).status_code == 201
+
+
+def _details(api: Api, entry: dict[str, Any], action: str) -> dict[str, Any]:
+    [record] = [
+        r for r in api.get("fda", f"{_entry_url(entry)}/audit").json() if r["action"] == action
+    ]
+    details: dict[str, Any] = record["details"]
+    return details
+
+
+class TestWhatAChangeUndoes:
+    """The audit names the signatures a change invalidated and the SDV it made stale."""
+
+    def test_a_correction_lists_invalidated_signatures_and_stale_sdv(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        verified = api.post("cra", f"{_entry_url(entry)}/sdv", {"revision": 1}).json()
+        signature = _sign(api, entry).json()
+        assert _correct(api, entry, 1, weight_kg=80.0).status_code == 200
+        details = _details(api, entry, "entry_corrected")
+        assert details["invalidated_signatures"] == [
+            {
+                "signer": "pi",
+                "signer_name": "Pi",
+                "at": signature["at"],
+                "meaning": "review",
+                "revision": 1,
+                "data_hash": signature["data_hash"],
+            }
+        ]
+        assert details["stale_sdv"] == {
+            "revision": 1,
+            "verified_by": "cra",
+            "verified_at": verified["sdv_at"],
+        }
+        subject_record = api.get("cra", f"/subjects/{SUBJECT}/audit").json()[-1]
+        assert subject_record["action"] == "entry_corrected"
+        assert subject_record["details"]["invalidated_signatures"][0]["signer"] == "pi"
+
+    def test_a_second_correction_invalidates_nothing_more(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        _sign(api, entry)
+        _correct(api, entry, 1, weight_kg=80.0)
+        _correct(api, entry, 2, weight_kg=81.0)
+        audit = api.get("fda", f"{_entry_url(entry)}/audit").json()
+        corrections = [r["details"] for r in audit if r["action"] == "entry_corrected"]
+        assert "invalidated_signatures" in corrections[0]
+        assert "invalidated_signatures" not in corrections[1]
+        assert all("stale_sdv" not in d for d in corrections)
+
+    def test_a_void_lists_what_it_invalidated(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        api.post("cra", f"{_entry_url(entry)}/sdv", {"revision": 1})
+        _sign(api, entry, meaning="authorship")
+        void = {"reason": "wrong subject", "expected_revision": 1}
+        assert api.post("crc", f"{_entry_url(entry)}/void", void).status_code == 200
+        details = _details(api, entry, "entry_voided")
+        assert [s["meaning"] for s in details["invalidated_signatures"]] == ["authorship"]
+        assert details["stale_sdv"]["verified_by"] == "cra"
+
+    def test_a_change_lists_the_casebook_signatures_it_invalidated(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        body = {"username": "pi", "password": PASSWORD, "meaning": "approval"}
+        casebook_signature = api.post("pi", f"/subjects/{SUBJECT}/signature", body).json()
+        _correct(api, entry, 1, weight_kg=80.0)
+        [lost] = _details(api, entry, "entry_corrected")["invalidated_casebook_signatures"]
+        assert (lost["signer"], lost["meaning"], lost["at"]) == (
+            "pi",
+            "approval",
+            casebook_signature["at"],
+        )
+
+    def test_changes_that_undo_nothing_say_nothing(self, api: Api) -> None:
+        entry = enter_demographics(api)
+        _correct(api, entry, 1, weight_kg=80.0)
+        details = _details(api, entry, "entry_corrected")
+        assert not {"invalidated_signatures", "stale_sdv", "invalidated_casebook_signatures"} & set(
+            details
+        )
+
+
+def test_every_timestamp_is_utc_with_z(api: Api) -> None:
+    entry = enter_demographics(api)
+    query = _open_query(api, entry)
+    api.post("crc", f"/queries/{query['query_id']}/answer", {"text": "Checked."})
+    api.post("cra", f"{_entry_url(entry)}/sdv", {"revision": 1})
+    _sign(api, entry)
+    _correct(api, entry, 1, weight_kg=80.0)
+    stamps: list[str] = []
+    for listed in api.get("cra", "/queries").json():
+        stamps += [listed["opened_at"], listed["updated_at"]]
+    full = api.get("cra", f"/queries/{query['query_id']}").json()
+    stamps += [full["opened_at"], *(m["at"] for m in full["messages"])]
+    current = api.get("cra", _entry_url(entry)).json()
+    stamps += [current["recorded_at"], current["updated_at"], current["sdv_at"]]
+    stamps += [s["at"] for s in current["signatures"]]
+    audit = api.get("cra", f"{_entry_url(entry)}/audit").json()
+    stamps += [r["at"] for r in audit]
+    stamps += [s["at"] for s in audit[-1]["details"]["invalidated_signatures"]]
+    stamps.append(audit[-1]["details"]["stale_sdv"]["verified_at"])
+    stamps += [e["at"] for e in api.get("fda", "/ledger/events").json() if e["at"] is not None]
+    assert len(stamps) > 12
+    assert all(isinstance(s, str) and s.endswith("Z") for s in stamps), stamps

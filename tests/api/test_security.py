@@ -9,6 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
+from ecrf.api.errors import ANONYMOUS_REFUSALS_PER_MINUTE
 from ecrf.domain.security_log import AccessRefusal
 from tests.api.conftest import PASSWORD, Api
 from tests.api.test_casebook import SUBJECT, enter_demographics
@@ -56,6 +57,8 @@ def test_an_unsigned_token_is_refused(api: Api) -> None:
         + "."
     )
     assert api.client.get("/users/crc", headers=_bearer(unsigned)).status_code == 401
+    [refusal] = _refusals(api)
+    assert (refusal.status, refusal.path, refusal.user) == (401, "/users/crc", "anonymous")
 
 
 def test_lockout_is_refused_and_recorded(api: Api) -> None:
@@ -92,8 +95,10 @@ def test_privilege_escalation_is_refused_and_recorded(api: Api, user: str, attem
     entry = enter_demographics(api)
     url = f"/subjects/{SUBJECT}/entries/{entry['entry_id']}"
     requests = {
-        "edit a user": lambda: api.patch(user, "/users/pi", {"sites": []}),
-        "grant themself admin": lambda: api.patch(user, f"/users/{user}", {"roles": ["admin"]}),
+        "edit a user": lambda: api.patch(user, "/users/pi", {"sites": [], "reason": "r"}),
+        "grant themself admin": lambda: api.patch(
+            user, f"/users/{user}", {"roles": ["admin"], "reason": "r"}
+        ),
         "correct data": lambda: api.post(
             user,
             f"{url}/corrections",
@@ -116,3 +121,12 @@ def test_privilege_escalation_is_refused_and_recorded(api: Api, user: str, attem
     current = api.get("pi", url).json()
     assert current["revision"] == 1
     assert api.get("crc", "/auth/me").json()["roles"] == ["site_staff"]
+
+
+def test_anonymous_refusals_are_recorded_up_to_a_budget_per_minute(api: Api) -> None:
+    # Without a login anyone could grow the permanent log: past the budget, refusals are
+    # only logged. The budget belongs to the app, so no other app in the process spends it.
+    for _ in range(ANONYMOUS_REFUSALS_PER_MINUTE + 5):
+        assert api.client.get("/auth/me", headers=_bearer("not-a-token")).status_code == 401
+    anonymous = [r for r in _refusals(api) if r.user == "anonymous"]
+    assert len(anonymous) == ANONYMOUS_REFUSALS_PER_MINUTE

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from ecrf.domain.errors import ConflictError, LockedError, NotFoundError
+from ecrf.application import SignOff
+from ecrf.domain.errors import ConflictError, InvalidInputError, LockedError, NotFoundError
 from ecrf.domain.patch import diff, merge_patch
 from ecrf.domain.subject import Subject
 from ecrf.domain.user import User
@@ -67,6 +68,99 @@ class TestSubject:
         assert replayed.entry("e1") == subject.entry("e1")
         assert replayed.queries == subject.queries
 
+    def test_a_correction_names_its_form_version_and_schema(self) -> None:
+        subject = _subject_with_entry()
+        subject.correct_entry("e1", 1, {"age": 51}, [{"path": "/age"}], AUDIT)
+        subject.correct_entry("e1", 2, {"age": 52}, [{"path": "/age"}], AUDIT, schema_sha256="sha")
+        first, second = subject.collect_events()[-2:]
+        for corrected in (first, second):
+            assert (corrected.form_version, corrected.schema_sha256) == (1, "sha")  # type: ignore[attr-defined]
+        assert Subject.EntryCorrected.class_version == 2
+
+    def test_corrections_of_version_1_are_upcast_without_a_schema(self) -> None:
+        state: dict[str, Any] = {"entry_id": "e1", "form": "demographics", "revision": 2}
+        Subject.EntryCorrected.upcast_v1_v2(state)
+        assert (state["form_version"], state["schema_sha256"]) == (None, None)
+        assert state["revision"] == 2
+
+    def test_signing_a_revision_the_signer_did_not_read_conflicts(self) -> None:
+        subject = _subject_with_entry()
+        subject.correct_entry("e1", 1, {"age": 51}, [{"path": "/age"}], AUDIT)
+        with pytest.raises(ConflictError, match="revision 2, not 1"):
+            subject.sign_entry("e1", "review", "I reviewed.", AUDIT, expected_revision=1)
+        with pytest.raises(ConflictError, match="casebook CHH-S1 is at revision 3"):
+            subject.sign_casebook("approval", "I approve.", AUDIT, expected_revision=2)
+        assert subject.sign_entry("e1", "review", "I reviewed.", AUDIT, 2).revision == 2
+        assert subject.sign_casebook("approval", "I approve.", AUDIT, 4).signature.revision == 5
+
+
+class TestMigration:
+    """Moving an entry to a newer form version (the application validates the data)."""
+
+    def test_the_entry_moves_to_the_new_version_and_keeps_its_revision(self) -> None:
+        subject = _subject_with_entry()
+        data = {"age": 50, "sex": "F"}
+        subject.migrate_entry("e1", 2, data, [], "sha2", {**AUDIT, "reason": "v2 released"})
+        entry = subject.entry("e1")
+        assert (entry.version, entry.revision, entry.schema_sha256) == (2, 1, "sha2")
+        last = subject.collect_events()[-1]
+        assert type(last).__name__ == "EntryMigrated"
+        assert (last.from_version, last.to_version) == (1, 2)  # type: ignore[attr-defined]
+
+    def test_changed_data_moves_the_revision(self) -> None:
+        subject = _subject_with_entry()
+        data = {"age": 50, "sex": "F", "bmi": 22.0}
+        changes = diff({"age": 50, "sex": "F"}, data)
+        subject.migrate_entry("e1", 2, data, changes, "sha2", AUDIT)
+        assert (subject.entry("e1").revision, subject.entry("e1").data) == (2, data)
+
+    @pytest.mark.parametrize("to_version", [0, 1])
+    def test_only_a_newer_version(self, to_version: int) -> None:
+        subject = _subject_with_entry()
+        with pytest.raises(InvalidInputError) as raised:
+            subject.migrate_entry("e1", to_version, {"age": 50}, [], "sha", AUDIT)
+        assert raised.value.problems[0].path == "/to_version"
+
+    def test_voided_locked_and_stale_entries_are_refused(self) -> None:
+        subject = _subject_with_entry()
+        with pytest.raises(ConflictError, match="revision 1, not 2"):
+            subject.check_migration("e1", 2, expected_revision=2)
+        subject.lock_entry("e1", AUDIT)
+        with pytest.raises(LockedError):
+            subject.check_migration("e1", 2)
+        subject.unlock_entry("e1", AUDIT)
+        subject.void_entry("e1", 1, AUDIT)
+        with pytest.raises(ConflictError, match="voided"):
+            subject.migrate_entry("e1", 2, {"age": 50}, [], "sha", AUDIT)
+
+    def test_a_migration_that_changes_data_names_what_it_undid(self) -> None:
+        subject = _subject_with_entry()
+        subject.verify_entry("e1", 1, {**AUDIT, "user": "cra"})
+        subject.sign_entry("e1", "authorship", "I am the author.", {**AUDIT, "user": "pi"})
+        before = SignOff.of(subject, "e1")
+        data = {"age": 50, "sex": "F", "bmi": 22.0}
+        subject.migrate_entry("e1", 2, data, diff({"age": 50, "sex": "F"}, data), "sha2", AUDIT)
+        undone = before.undone_by(subject)
+        assert [s["signer"] for s in undone["invalidated_signatures"]] == ["pi"]
+        assert (undone["stale_sdv"]["revision"], undone["stale_sdv"]["verified_by"]) == (1, "cra")
+
+    def test_a_migration_of_unchanged_data_undoes_nothing(self) -> None:
+        subject = _subject_with_entry()
+        subject.verify_entry("e1", 1, AUDIT)
+        subject.sign_entry("e1", "review", "I reviewed.", AUDIT)
+        subject.sign_casebook("approval", "I approve.", AUDIT)
+        before = SignOff.of(subject, "e1")
+        subject.migrate_entry("e1", 2, {"age": 50, "sex": "F"}, [], "sha2", AUDIT)
+        assert before.undone_by(subject) == {}
+
+    def test_replaying_a_migration_gives_the_same_entry(self) -> None:
+        subject = _subject_with_entry()
+        subject.migrate_entry("e1", 2, {"age": 50, "sex": "F"}, [], "sha2", AUDIT)
+        replayed: Any = None
+        for domain_event in subject.collect_events():
+            replayed = domain_event.mutate(replayed)
+        assert replayed.entry("e1") == subject.entry("e1")
+
 
 class TestUser:
     def _user(self) -> User:
@@ -98,6 +192,14 @@ class TestUser:
         user = self._user()
         user.deactivate(AUDIT)
         assert user.record_login(True, 5, AUDIT) == "inactive"
+
+    def test_a_new_printed_name_is_an_event(self) -> None:
+        user = self._user()
+        user.change_full_name("Dr Pat Ito", {**AUDIT, "reason": "name changed"})
+        assert user.full_name == "Dr Pat Ito"
+        last = user.collect_events()[-1]
+        assert type(last).__name__ == "FullNameChanged"
+        assert last.audit["reason"] == "name changed"  # type: ignore[attr-defined]
 
 
 class TestMergePatch:

@@ -45,7 +45,7 @@ def list_queries(
     form: str | None = None,
 ) -> list[QuerySummary]:
     """Queries visible to the caller, filtered by state, site, subject and form."""
-    role = actor.role_for(Action.READ_CLINICAL)
+    role = actor.role_for(Action.READ_CASEBOOK)
     runner.catch_up([QueryList.name])
     query = select(queries).order_by(queries.c.opened_at, queries.c.query_id)
     if role in SITE_BOUND_ROLES:

@@ -30,17 +30,17 @@ def get_user(application: App, actor: CurrentActor, username: str) -> UserPublic
 def update_user(
     application: App, actor: CurrentActor, username: str, body: UpdateUser
 ) -> UserPublic:
-    """Change roles, sites, full name or the active flag."""
+    """Change roles, sites, full name or the active flag, with a reason."""
     user = application.update_user(actor, username, body)
     return UserPublic.model_validate(application.user_view(user.username))
 
 
 @router.post("/{username}/unlock")
 def unlock_user(
-    application: App, actor: CurrentActor, username: str, body: UnlockUser | None = None
+    application: App, actor: CurrentActor, username: str, body: UnlockUser
 ) -> UserPublic:
-    """Unlock an account locked after failed logins."""
-    user = application.unlock_user(actor, username, body or UnlockUser())
+    """Unlock an account locked after failed logins, with a reason."""
+    user = application.unlock_user(actor, username, body)
     return UserPublic.model_validate(application.user_view(user.username))
 
 
