@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 
-def comparable(row: Mapping[str, Any]) -> dict[str, Any]:
+def comparable(row: Mapping[Any, Any]) -> dict[Any, Any]:
     """A row with its instants in UTC: PostgreSQL returns them zoned, SQLite naive (as UTC)."""
     return {
         key: (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)

@@ -33,7 +33,8 @@ ROLES = {
     "src": ["safety_reviewer"],
     "fda": ["regulator"],
 }
-EXAMPLES = 8
+EXAMPLES = 5
+"""Examples per operation, each sent as every role: keeps the fuzz inside the CI budget."""
 
 
 def _settings(data_dir: Path) -> Settings:
