@@ -132,22 +132,22 @@ class EntryFacts(Projection):
         self, domain_event: Subject.EntryCorrected, conn: Connection, position: int
     ) -> None:
         """The entry's data is replaced by the corrected data (which is complete)."""
-        if domain_event.form not in self.forms:
-            return
-        change_row(
-            conn,
-            self.tables.entries.c.entry_id,
-            domain_event.entry_id,
-            data=domain_event.data,
-            revision=domain_event.revision,
-            position=position,
-        )
+        self._data_replaced(domain_event, conn, position)
 
     @process.register
     def entry_migrated(
         self, domain_event: Subject.EntryMigrated, conn: Connection, position: int
     ) -> None:
         """An entry moved to a newer form version: its data as validated there (complete)."""
+        self._data_replaced(domain_event, conn, position)
+
+    def _data_replaced(
+        self,
+        domain_event: Subject.EntryCorrected | Subject.EntryMigrated,
+        conn: Connection,
+        position: int,
+    ) -> None:
+        """A correction or migration leaves the entry's complete new data and revision."""
         if domain_event.form not in self.forms:
             return
         change_row(
