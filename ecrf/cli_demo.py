@@ -142,12 +142,15 @@ def _runner(application: EcrfApplication, settings: Settings) -> Iterator[Projec
 
 def endpoint_tables(application: EcrfApplication, settings: Settings) -> EndpointTables:
     """Every report table of the trial, from the projections as the endpoints read them."""
-    from projections.mrd import MrdCourses, mrd_report
-    from projections.pk import PkProfiles, pk_methods, pk_report
+    from projections.mrd import FORMS as MRD_FORMS
+    from projections.mrd import mrd_report
+    from projections.pk import FORMS as PK_FORMS
+    from projections.pk import pk_methods, pk_report
     from projections.reading import load_facts
-    from projections.rfs import RecurrenceFreeSurvival, rfs_report
+    from projections.rfs import FORMS as RFS_FORMS
+    from projections.rfs import rfs_report
+    from projections.safety import FORMS as SAFETY_FORMS
     from projections.safety import (
-        SafetyTables,
         crs_icans_report,
         dlt_report,
         rcl_ada_report,
@@ -156,10 +159,10 @@ def endpoint_tables(application: EcrfApplication, settings: Settings) -> Endpoin
 
     study = application.forms.study
     with _runner(application, settings) as runner:
-        safety, _ = load_facts(runner, SafetyTables.name)
-        pk, _ = load_facts(runner, PkProfiles.name)
-        mrd, _ = load_facts(runner, MrdCourses.name)
-        rfs, _ = load_facts(runner, RecurrenceFreeSurvival.name)
+        safety, _ = load_facts(runner, SAFETY_FORMS)
+        pk, _ = load_facts(runner, PK_FORMS)
+        mrd, _ = load_facts(runner, MRD_FORMS)
+        rfs, _ = load_facts(runner, RFS_FORMS)
     tables: EndpointTables = {
         "teae": teae_report(safety, study),
         "crs_icans": crs_icans_report(safety, study),

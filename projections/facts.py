@@ -1,12 +1,14 @@
 """Source facts of the clinical read models: each subject's live entries, per form.
 
-The clinical projections (timeline, safety, PK, MRD, RFS) store what the casebooks say, not
-what the reports conclude: one row per subject and one row per live entry of the forms a
-projection analyses, with the entry's current data. A correction replaces the data, a void
-removes the row (a voided entry leaves every analysis), a signature records the revision it
-holds for. Report rows are then computed from these facts by pure functions at read time,
-which keeps incremental processing, a rebuild and an ``as_of`` replay trivially identical:
-all three only ever write facts, and the same functions read them.
+The clinical read models (timeline, safety, PK, MRD, RFS) store what the casebooks say, not
+what the reports conclude: one row per subject and one row per live entry of the forms they
+analyse, with the entry's current data, kept once for all of them by
+``projections.clinical_facts`` (each report reads its own forms from it). A correction
+replaces the data, a void removes the row (a voided entry leaves every analysis), a
+signature records the revision it holds for. Report rows are then computed from these
+facts by pure functions at read time, which keeps incremental processing, a rebuild and an
+``as_of`` replay trivially identical: all three only ever write facts, and the same
+functions read them.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def fact_tables(prefix: str, metadata: MetaData) -> FactTables:
         metadata,
         Column("entry_id", String(64), primary_key=True),
         Column("stream", String(36), nullable=False, index=True),
-        Column("form", String(64), nullable=False, index=True),
+        # Not indexed: facts are read by subject (stream), and a rebuild writes every row.
+        Column("form", String(64), nullable=False),
         Column("visit", String(16), nullable=False),
         Column("revision", Integer, nullable=False),
         Column("data", JSON, nullable=False),
@@ -77,9 +80,10 @@ def fact_tables(prefix: str, metadata: MetaData) -> FactTables:
 
 
 class EntryFacts(Projection):
-    """Base of the clinical projections: keeps the live entries of ``forms`` per subject."""
+    """Base of the facts projections: keeps the live entries of ``forms`` per subject."""
 
-    forms: ClassVar[frozenset[str]]
+    forms: frozenset[str]
+    """The forms kept (a class's default; an instance may keep fewer, e.g. for ``as_of``)."""
     tables: ClassVar[FactTables]
 
     @singledispatchmethod
@@ -239,10 +243,14 @@ def read_facts(
     conn: Connection,
     tables: FactTables,
     *,
+    forms: Collection[str] | None = None,
     sites: Collection[str] | None = None,
     subject_id: str | None = None,
 ) -> list[SubjectFacts]:
-    """Subjects (of ``sites`` / one ``subject_id`` when given) with their live entries."""
+    """Subjects (of ``sites`` / one ``subject_id`` when given) with their live entries.
+
+    ``forms`` narrows the entries to those a report reads (default: every form kept).
+    """
     subjects, entries = tables
     query = select(subjects).order_by(subjects.c.subject_id)
     if sites is not None:
@@ -253,11 +261,10 @@ def read_facts(
     if not people:
         return []
     by_stream: dict[str, list[EntryFact]] = {p["stream"]: [] for p in people}
-    rows = conn.execute(
-        select(entries)
-        .where(entries.c.stream.in_(list(by_stream)))
-        .order_by(entries.c.recorded_position)
-    ).mappings()
+    query = select(entries).where(entries.c.stream.in_(list(by_stream)))
+    if forms is not None:
+        query = query.where(entries.c.form.in_(sorted(forms)))
+    rows = conn.execute(query.order_by(entries.c.recorded_position)).mappings()
     for row in rows:
         by_stream[row["stream"]].append(
             EntryFact(

@@ -21,21 +21,14 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import MetaData
-
 from ecrf.clinical.mrd import mrd_course
 from projections.facts import (
-    EntryFacts,
     ReportTable,
     SubjectFacts,
     dose_level_of,
-    fact_tables,
     parse_day,
     study_zone,
 )
-
-metadata = MetaData()
-tables = fact_tables("mrd_courses", metadata)
 
 MRD_COLUMNS = (
     "subject_id",
@@ -50,15 +43,9 @@ MRD_COLUMNS = (
 )
 
 
-class MrdCourses(EntryFacts):
-    """Facts behind the MRD table: resection, ctDNA results, imaging, dose level."""
-
-    name = "mrd_courses"
-    metadata = metadata
-    tables = tables
-    forms = frozenset(
-        {"cart_infusion", "surgery_history", "eligibility", "ctdna_result", "imaging"}
-    )
+# The forms behind the MRD table: resection, ctDNA results, imaging, dose level;
+# their live entries are kept by `projections.clinical_facts`.
+FORMS = frozenset({"cart_infusion", "surgery_history", "eligibility", "ctdna_result", "imaging"})
 
 
 def add_months(day: date, months: int) -> date:

@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import MetaData
-
 from ecrf.clinical.nca import (
     LINEAR_UP_LOG_DOWN,
     geometric_cv_percent,
@@ -33,21 +31,16 @@ from ecrf.clinical.nca import (
     profile_points,
 )
 from projections.facts import (
-    EntryFacts,
     Infusion,
     ReportTable,
     SubjectFacts,
     dose_level_of,
     dose_levels,
-    fact_tables,
     infusion_of,
     number,
     parse_instant,
     study_zone,
 )
-
-metadata = MetaData()
-tables = fact_tables("pk_profiles", metadata)
 
 PK_COLUMNS = (
     "subject_id",
@@ -71,13 +64,9 @@ PK_LEVEL_COLUMNS = (
 )
 
 
-class PkProfiles(EntryFacts):
-    """Facts behind the PK tables: each subject's infusion and PK samples."""
-
-    name = "pk_profiles"
-    metadata = metadata
-    tables = tables
-    forms = frozenset({"cart_infusion", "pk_sample"})
+# The forms behind the PK tables: each subject's infusion and PK samples;
+# their live entries are kept by `projections.clinical_facts`.
+FORMS = frozenset({"cart_infusion", "pk_sample"})
 
 
 def pk_settings(study: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -5,15 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ecrf.config import Settings
+from projections.clinical_facts import ClinicalFacts
 from projections.dose_cohorts import DoseCohorts
-from projections.mrd import MrdCourses
-from projections.pk import PkProfiles
 from projections.query_list import QueryList
-from projections.rfs import RecurrenceFreeSurvival
 from projections.runner import Projection, ProjectionRunner, make_engine
-from projections.safety import SafetyTables
 from projections.subject_directory import SubjectDirectory
-from projections.timeline import PatientTimeline
 
 
 def all_projections() -> list[Projection]:
@@ -21,16 +17,28 @@ def all_projections() -> list[Projection]:
     return [
         SubjectDirectory(),
         QueryList(),
-        PatientTimeline(),
-        SafetyTables(),
-        PkProfiles(),
-        MrdCourses(),
-        RecurrenceFreeSurvival(),
+        ClinicalFacts(),
         DoseCohorts(),
     ]
+
+
+# Projections of earlier releases and their tables, dropped when a runner starts: the five
+# clinical read models each kept a copy of the facts that ClinicalFacts now keeps once.
+RETIRED = {
+    name: (f"{name}_subjects", f"{name}_entries")
+    for name in (
+        "patient_timeline",
+        "safety_tables",
+        "pk_profiles",
+        "mrd_courses",
+        "recurrence_free_survival",
+    )
+}
 
 
 def build_runner(application: Any, settings: Settings) -> ProjectionRunner:
     """A runner for every projection, storing read models in the same database."""
     engine = make_engine(settings.database.sqlalchemy_url())
-    return ProjectionRunner(application.recorder, application.mapper, engine, all_projections())
+    return ProjectionRunner(
+        application.recorder, application.mapper, engine, all_projections(), retired=RETIRED
+    )

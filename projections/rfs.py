@@ -24,23 +24,16 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import MetaData
-
 from ecrf.clinical.survival import kaplan_meier
 from projections.facts import (
-    EntryFacts,
     ReportTable,
     SubjectFacts,
     dose_level_of,
-    fact_tables,
     finite,
     infusion_of,
     parse_day,
     study_zone,
 )
-
-metadata = MetaData()
-tables = fact_tables("recurrence_free_survival", metadata)
 
 RFS_COLUMNS = (
     "subject_id",
@@ -54,13 +47,9 @@ RFS_COLUMNS = (
 CURVE_COLUMNS = ("time", "survival", "lower", "upper", "at_risk")
 
 
-class RecurrenceFreeSurvival(EntryFacts):
-    """Facts behind RFS: infusion, imaging, end of study (death)."""
-
-    name = "recurrence_free_survival"
-    metadata = metadata
-    tables = tables
-    forms = frozenset({"cart_infusion", "imaging", "end_of_study"})
+# The forms behind RFS: infusion, imaging, end of study (death);
+# their live entries are kept by `projections.clinical_facts`.
+FORMS = frozenset({"cart_infusion", "imaging", "end_of_study"})
 
 
 def _death(subject: SubjectFacts) -> date | None:

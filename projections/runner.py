@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cache, singledispatchmethod
 from typing import Any, ClassVar
@@ -287,7 +287,13 @@ class ProjectionRunner:
         engine: Engine,
         projections: Sequence[Projection],
         batch_size: int = 500,
+        retired: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        """Create missing tables and tracking rows; reset what changed; drop ``retired``.
+
+        ``retired`` names projections of earlier releases with their tables: those tables
+        and their tracking rows are dropped, so that an upgraded store keeps no stale copy.
+        """
         self.recorder = recorder
         self.mapper = mapper
         self.engine = engine
@@ -305,6 +311,7 @@ class ProjectionRunner:
                 # Several processes may start at once; CREATE TABLE IF NOT EXISTS can race.
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('ecrf: read models'))"))
             tracking_metadata.create_all(conn)
+            _drop_retired(conn, retired or {})
             known = {
                 str(name): str(value)
                 for name, value in conn.execute(select(schemas.c.name, schemas.c.fingerprint))
@@ -479,6 +486,14 @@ class ProjectionRunner:
 
 def _upsert(conn: Connection) -> Any:
     return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+def _drop_retired(conn: Connection, retired: Mapping[str, Sequence[str]]) -> None:
+    for name, table_names in retired.items():
+        for table_name in table_names:
+            Table(table_name, MetaData()).drop(conn, checkfirst=True)
+        conn.execute(delete(tracking).where(tracking.c.name == name))
+        conn.execute(delete(schemas).where(schemas.c.name == name))
 
 
 def _ensure_tracking(conn: Connection, name: str) -> None:

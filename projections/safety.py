@@ -34,11 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import MetaData
-
 from projections.facts import (
     EntryFact,
-    EntryFacts,
     Infusion,
     ReportTable,
     SubjectFacts,
@@ -46,7 +43,6 @@ from projections.facts import (
     crs_grade_of,
     dose_level_of,
     dose_levels,
-    fact_tables,
     icans_grade_of,
     infusion_of,
     number,
@@ -54,9 +50,6 @@ from projections.facts import (
     study_day,
     study_zone,
 )
-
-metadata = MetaData()
-tables = fact_tables("safety_tables", metadata)
 
 CRS_TERM = "Cytokine release syndrome"
 ICANS_TERM = "Immune effector cell-associated neurotoxicity syndrome"
@@ -98,23 +91,19 @@ RCL_ADA_COLUMNS = (
 )
 
 
-class SafetyTables(EntryFacts):
-    """Facts behind the 28-day safety tables: infusion, AEs, CRS/ICANS, DLT, RCL, ADA."""
-
-    name = "safety_tables"
-    metadata = metadata
-    tables = tables
-    forms = frozenset(
-        {
-            "cart_infusion",
-            "adverse_event",
-            "crs_assessment",
-            "icans_assessment",
-            "dlt_assessment",
-            "rcl_test",
-            "ada_test",
-        }
-    )
+# The forms behind the 28-day safety tables: infusion, AEs, CRS/ICANS, DLT, RCL, ADA;
+# their live entries are kept by `projections.clinical_facts`.
+FORMS = frozenset(
+    {
+        "cart_infusion",
+        "adverse_event",
+        "crs_assessment",
+        "icans_assessment",
+        "dlt_assessment",
+        "rcl_test",
+        "ada_test",
+    }
+)
 
 
 @dataclass(frozen=True)

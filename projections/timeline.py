@@ -13,18 +13,14 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import MetaData
-
 from projections.facts import (
     EntryFact,
-    EntryFacts,
     Infusion,
     ReportTable,
     SubjectFacts,
     ae_term,
     crs_grade_of,
     dose_level_of,
-    fact_tables,
     icans_grade_of,
     infusion_of,
     number,
@@ -33,9 +29,6 @@ from projections.facts import (
     study_day,
     study_zone,
 )
-
-metadata = MetaData()
-tables = fact_tables("patient_timeline", metadata)
 
 COLUMNS = ("date", "study_day", "category", "what", "form", "visit", "entry_id")
 
@@ -62,29 +55,25 @@ _CATEGORY_ORDER = (
 )
 
 
-class PatientTimeline(EntryFacts):
-    """The dated events of each subject's course, from the forms that make it up."""
-
-    name = "patient_timeline"
-    metadata = metadata
-    tables = tables
-    forms = frozenset(
-        {
-            "informed_consent",
-            "surgery_history",
-            "ctdna_result",
-            "leukapheresis",
-            "lymphodepletion",
-            "cart_infusion",
-            "adverse_event",
-            "crs_assessment",
-            "icans_assessment",
-            "pk_sample",
-            "imaging",
-            "dlt_assessment",
-            "end_of_study",
-        }
-    )
+# The forms a patient timeline is made of;
+# their live entries are kept by `projections.clinical_facts`.
+FORMS = frozenset(
+    {
+        "informed_consent",
+        "surgery_history",
+        "ctdna_result",
+        "leukapheresis",
+        "lymphodepletion",
+        "cart_infusion",
+        "adverse_event",
+        "crs_assessment",
+        "icans_assessment",
+        "pk_sample",
+        "imaging",
+        "dlt_assessment",
+        "end_of_study",
+    }
+)
 
 
 def _fmt(value: Any) -> str:

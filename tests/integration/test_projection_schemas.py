@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    inspect,
     select,
     text,
 )
@@ -32,10 +33,12 @@ from ecrf.commands import (
 )
 from ecrf.config import Settings
 from ecrf.domain.access import Actor
-from projections.facts import fact_tables
+from projections.clinical_facts import ClinicalFacts
+from projections.facts import EntryFacts, fact_tables
 from projections.registry import all_projections, build_runner
-from projections.runner import Projection, ProjectionRunner, make_engine, pending
-from projections.safety import SafetyTables
+from projections.runner import Projection, ProjectionRunner, make_engine, pending, tracking
+from projections.safety import FORMS as SAFETY_FORMS
+from projections.timeline import FORMS as TIMELINE_FORMS
 
 CRC = Actor("crc", "Carol Chen", ("site_staff",), ("CHH",))
 PI = Actor("pi", "Ivan Petrov", ("investigator",), ("CHH",))
@@ -121,12 +124,12 @@ def dump_all(runner: ProjectionRunner) -> dict[str, dict[str, list[dict[str, Any
     return {name: dump(runner.engine, p.metadata) for name, p in runner.projections.items()}
 
 
-# The safety facts as a release before ``signed_position`` defined them.
+# The clinical facts as a release before ``signed_position`` defined them.
 old_metadata = MetaData()
-fact_tables("safety_tables", old_metadata)
-old_metadata.remove(old_metadata.tables["safety_tables_entries"])
+fact_tables("clinical_facts", old_metadata)
+old_metadata.remove(old_metadata.tables["clinical_facts_entries"])
 Table(
-    "safety_tables_entries",
+    "clinical_facts_entries",
     old_metadata,
     Column("entry_id", String(64), primary_key=True),
     Column("stream", String(36), nullable=False, index=True),
@@ -140,10 +143,10 @@ Table(
 )
 
 
-class OldSafetyTables(Projection):
-    """The safety projection under its old table definition (it keeps no rows here)."""
+class OldClinicalFacts(Projection):
+    """The clinical facts projection under its old table definition (it keeps no rows here)."""
 
-    name = SafetyTables.name
+    name = ClinicalFacts.name
     metadata: ClassVar[MetaData] = old_metadata
 
     def process(self, domain_event: Any, conn: Connection, position: int) -> None:
@@ -156,12 +159,12 @@ def test_a_changed_table_definition_is_replayed_at_start(
     enter_trial(application)
     engine = make_engine(settings.database.sqlalchemy_url())
     try:
-        others = [p for p in all_projections() if p.name != SafetyTables.name]
+        others = [p for p in all_projections() if p.name != ClinicalFacts.name]
         old = ProjectionRunner(
-            application.recorder, application.mapper, engine, [*others, OldSafetyTables()]
+            application.recorder, application.mapper, engine, [*others, OldClinicalFacts()]
         )
         old.catch_up()
-        assert old.position(SafetyTables.name) == application.max_position()
+        assert old.position(ClinicalFacts.name) == application.max_position()
         kept = {p.name: old.position(p.name) for p in others}
     finally:
         engine.dispose()
@@ -169,15 +172,15 @@ def test_a_changed_table_definition_is_replayed_at_start(
     runner = build_runner(application, settings)
     try:
         # Only the changed projection starts again from zero; the others keep their rows.
-        assert runner.reset_at_start == [SafetyTables.name]
-        assert runner.position(SafetyTables.name) == 0
+        assert runner.reset_at_start == [ClinicalFacts.name]
+        assert runner.position(ClinicalFacts.name) == 0
         assert {p.name: runner.position(p.name) for p in others} == kept
         runner.catch_up()
         assert all(status["lag"] == 0 for status in runner.status())
         incremental = dump_all(runner)
         signed = [
             row
-            for row in incremental[SafetyTables.name]["safety_tables_entries"]
+            for row in incremental[ClinicalFacts.name]["clinical_facts_entries"]
             if row["signed_position"] is not None
         ]
         assert len(signed) == 3
@@ -198,14 +201,14 @@ def test_tables_from_before_fingerprints_are_judged_by_their_columns(
         # What a release without fingerprints and without the new column left behind.
         with runner.engine.begin() as conn:
             conn.execute(text("DROP TABLE projection_schemas"))
-            conn.execute(text("ALTER TABLE safety_tables_entries DROP COLUMN signed_position"))
+            conn.execute(text("ALTER TABLE clinical_facts_entries DROP COLUMN signed_position"))
     finally:
         runner.engine.dispose()
 
     again = build_runner(application, settings)
     try:
-        assert again.reset_at_start == [SafetyTables.name]
-        assert again.position(SafetyTables.name) == 0
+        assert again.reset_at_start == [ClinicalFacts.name]
+        assert again.position(ClinicalFacts.name) == 0
         again.catch_up()
         assert dump_all(again) == before
     finally:
@@ -216,12 +219,60 @@ def test_tables_from_before_fingerprints_are_judged_by_their_columns(
     third = build_runner(application, settings)
     try:
         assert third.reset_at_start == []
-        assert third.position(SafetyTables.name) == application.max_position() - 1
+        assert third.position(ClinicalFacts.name) == application.max_position() - 1
         third.catch_up()
-        facts = dump(third.engine, SafetyTables.metadata)
-        assert len(facts["safety_tables_entries"]) == 3  # infusion, corrected AE, new AE
+        facts = dump(third.engine, ClinicalFacts.metadata)
+        safety = [r for r in facts["clinical_facts_entries"] if r["form"] in SAFETY_FORMS]
+        assert len(safety) == 3  # infusion, corrected AE, new AE
     finally:
         third.engine.dispose()
+
+
+def test_projections_of_earlier_releases_are_dropped_at_start(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    """A store upgraded from five copies of the clinical facts keeps none of the old ones."""
+    enter_trial(application, subjects=1)
+    engine = make_engine(settings.database.sqlalchemy_url())
+    try:
+        # What the release before ClinicalFacts left: a facts projection per report.
+        others = [p for p in all_projections() if p.name != ClinicalFacts.name]
+        ProjectionRunner(
+            application.recorder, application.mapper, engine, [*others, OldTimeline()]
+        ).catch_up()
+        assert {"patient_timeline_subjects", "patient_timeline_entries"} <= tables_in(engine)
+    finally:
+        engine.dispose()
+
+    runner = build_runner(application, settings)
+    try:
+        assert not {"patient_timeline_subjects", "patient_timeline_entries"} & tables_in(
+            runner.engine
+        )
+        with runner.engine.connect() as conn:
+            names = set(conn.execute(select(tracking.c.name)).scalars())
+        assert names == set(runner.projections)
+        runner.catch_up()
+        assert [s["name"] for s in runner.status()] == list(runner.projections)
+    finally:
+        runner.engine.dispose()
+
+
+def tables_in(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+timeline_metadata = MetaData()
+timeline_tables = fact_tables("patient_timeline", timeline_metadata)
+
+
+class OldTimeline(EntryFacts):
+    """The patient timeline as a projection of its own, as an earlier release kept it."""
+
+    name = "patient_timeline"
+    metadata = timeline_metadata
+    tables = timeline_tables
+    forms = TIMELINE_FORMS
 
 
 def test_batches_of_one_and_of_everything_write_the_same_rows(
@@ -234,14 +285,14 @@ def test_batches_of_one_and_of_everything_write_the_same_rows(
         enter_trial(application)
         runner.catch_up()
         one_by_one = dump_all(runner)
-        assert one_by_one[SafetyTables.name]["safety_tables_entries"]
+        assert one_by_one[ClinicalFacts.name]["clinical_facts_entries"]
         runner.batch_size = 10_000
         runner.rebuild()
         assert dump_all(runner) == one_by_one
         runner.batch_size = 3
-        runner.rebuild(SafetyTables.name)
+        runner.rebuild(ClinicalFacts.name)
         assert dump_all(runner) == one_by_one
-        facts_rows = one_by_one[SafetyTables.name]["safety_tables_entries"]
+        facts_rows = one_by_one[ClinicalFacts.name]["clinical_facts_entries"]
         assert {row["revision"] for row in facts_rows if row["form"] == "adverse_event"} == {2}
     finally:
         runner.engine.dispose()

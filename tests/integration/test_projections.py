@@ -29,12 +29,14 @@ from ecrf.config import Settings
 from ecrf.domain.access import Actor
 from ecrf.domain.escalation import EscalationRules
 from projections.as_of import replay_as_of
+from projections.clinical_facts import ClinicalFacts
 from projections.dose_cohorts import DoseCohorts, load_dose_cohorts
 from projections.facts import dose_level_of, read_facts, study_zone
 from projections.reading import load_facts
 from projections.registry import build_runner
 from projections.runner import ProjectionRunner
-from projections.safety import SafetyTables, teae_report
+from projections.safety import FORMS as SAFETY_FORMS
+from projections.safety import teae_report
 from tests.rows import comparable
 
 CRC = Actor("crc", "Carol Chen", ("site_staff",), ("CHH",))
@@ -141,12 +143,12 @@ def test_a_restarted_runner_resumes_where_it_stopped(
     application: EcrfApplication, runner: ProjectionRunner, settings: Settings
 ) -> None:
     enter_trial(application, subjects=1)
-    runner.catch_up([SafetyTables.name])
+    runner.catch_up([ClinicalFacts.name])
     record(application, "CHH-S0", "adverse_event", "LOG", adverse_event(4))
     again = build_runner(application, settings)
     try:
-        again.catch_up([SafetyTables.name])
-        facts, position = load_facts(again, SafetyTables.name)
+        again.catch_up([ClinicalFacts.name])
+        facts, position = load_facts(again, SAFETY_FORMS)
     finally:
         again.engine.dispose()
     assert position == application.max_position()
@@ -162,11 +164,11 @@ def test_as_of_replays_exactly_the_events_up_to_the_moment(
     position = application.max_position()
     record(application, subject, "adverse_event", "LOG", adverse_event(4))
     engine, replayed = replay_as_of(
-        application.recorder, application.mapper, [runner.projections[SafetyTables.name]], moment
+        application.recorder, application.mapper, [ClinicalFacts(SAFETY_FORMS)], moment
     )
     try:
         with engine.connect() as conn:
-            facts = read_facts(conn, SafetyTables.tables)
+            facts = read_facts(conn, ClinicalFacts.tables)
     finally:
         engine.dispose()
     assert replayed == position
@@ -196,7 +198,7 @@ def test_a_migrated_entry_is_read_at_its_new_revision_incrementally_and_rebuilt(
     _, migration, _ = application.migrate_entry(manager, subject, entry.entry_id, command)
     assert (migration.from_version, migration.to_version, migration.changes) == (1, 2, [])
     runner.catch_up()
-    facts, position = load_facts(runner, SafetyTables.name)
+    facts, position = load_facts(runner, SAFETY_FORMS)
     assert position == application.max_position()
     [migrated] = [e for e in facts[0].entries if e.entry_id == entry.entry_id]
     assert (migrated.revision, migrated.data["grade"]) == (2, 4)
@@ -219,14 +221,14 @@ def test_the_enrolment_dose_level_is_kept_until_an_infusion_says_otherwise(
         record(application, subject.subject_id, form, "SCR", example)
     _, slot, _ = application.enrol_subject(CRC, subject.subject_id, EnrolSubject())
     zone = study_zone(application.forms.study)
-    facts, _ = load_facts(runner, SafetyTables.name)  # Subject.Enrolled, as recorded
+    facts, _ = load_facts(runner, SAFETY_FORMS)  # Subject.Enrolled, as recorded
     assert (facts[0].enrolled_dose_level, slot.dose_level) == ("DL1", "DL1")
     assert facts[0].enrolled_at is not None
     assert dose_level_of(facts[0], zone) == "DL1"
     record(
         application, subject.subject_id, "cart_infusion", "D0", {**INFUSION, "dose_level": "DL3"}
     )
-    facts, _ = load_facts(runner, SafetyTables.name)
+    facts, _ = load_facts(runner, SAFETY_FORMS)
     assert dose_level_of(facts[0], zone) == "DL3"
 
 
@@ -248,21 +250,21 @@ class TestCommandLine:
     ) -> None:
         enter_trial(application)
         runner.catch_up()
-        before = dump(runner, SafetyTables.name)
+        before = dump(runner, ClinicalFacts.name)
         cli_runner = CliRunner()
-        result = cli_runner.invoke(cli, ["projections", "rebuild", "safety_tables"], env=env)
+        result = cli_runner.invoke(cli, ["projections", "rebuild", "clinical_facts"], env=env)
         assert result.exit_code == 0, result.output
-        assert "safety_tables" in result.output
-        assert dump(runner, SafetyTables.name) == before
+        assert "clinical_facts" in result.output
+        assert dump(runner, ClinicalFacts.name) == before
 
         result = cli_runner.invoke(cli, ["projections", "rebuild", "--batch-size", "3"], env=env)
         assert result.exit_code == 0, result.output
-        assert dump(runner, SafetyTables.name) == before
+        assert dump(runner, ClinicalFacts.name) == before
 
         record(application, "CHH-S0", "adverse_event", "LOG", adverse_event(2))
         result = cli_runner.invoke(cli, ["projections", "status"], env=env)
         assert result.exit_code == 0, result.output
-        assert "patient_timeline" in result.output
+        assert "clinical_facts" in result.output
         assert runner.status()[0]["lag"] > 0
 
         result = cli_runner.invoke(cli, ["projections", "run", "--once"], env=env)

@@ -32,19 +32,23 @@ from ecrf.domain.errors import InvalidInputError, NotFoundError
 from ecrf.reports.plots import km_plot, pk_plot
 from ecrf.reports.tables import to_csv
 from projections.facts import ROWS, ReportTable, SubjectFacts
-from projections.mrd import MrdCourses, mrd_report
-from projections.pk import PkProfiles, pk_methods, pk_report
+from projections.mrd import FORMS as MRD_FORMS
+from projections.mrd import mrd_report
+from projections.pk import FORMS as PK_FORMS
+from projections.pk import pk_methods, pk_report
 from projections.reading import load_facts
-from projections.rfs import RecurrenceFreeSurvival, rfs_report
+from projections.rfs import FORMS as RFS_FORMS
+from projections.rfs import rfs_report
 from projections.runner import ProjectionRunner
+from projections.safety import FORMS as SAFETY_FORMS
 from projections.safety import (
-    SafetyTables,
     crs_icans_report,
     dlt_report,
     rcl_ada_report,
     teae_report,
 )
-from projections.timeline import PatientTimeline, timeline_report
+from projections.timeline import FORMS as TIMELINE_FORMS
+from projections.timeline import timeline_report
 
 router = APIRouter(tags=["reports"])
 
@@ -88,9 +92,9 @@ def _visible_sites(actor: Actor) -> tuple[str, ...] | None:
 
 
 def _facts(
-    runner: ProjectionRunner, actor: Actor, name: str, as_of: datetime | None
+    runner: ProjectionRunner, actor: Actor, forms: frozenset[str], as_of: datetime | None
 ) -> tuple[list[SubjectFacts], int]:
-    return load_facts(runner, name, as_of=_utc(as_of), sites=_visible_sites(actor))
+    return load_facts(runner, forms, as_of=_utc(as_of), sites=_visible_sites(actor))
 
 
 def _respond(
@@ -153,12 +157,12 @@ def timeline(
 ) -> Response:
     """A subject's clinical course: date, study day (day 0 = infusion) and what happened."""
     sites = _visible_sites(actor)
-    facts, position = load_facts(runner, PatientTimeline.name, sites=sites, subject_id=subject_id)
+    facts, position = load_facts(runner, TIMELINE_FORMS, sites=sites, subject_id=subject_id)
     if not facts:
         raise NotFoundError("subject not found")
     if as_of is not None:
         facts, position = load_facts(
-            runner, PatientTimeline.name, as_of=_utc(as_of), sites=sites, subject_id=subject_id
+            runner, TIMELINE_FORMS, as_of=_utc(as_of), sites=sites, subject_id=subject_id
         )
         if not facts:
             raise NotFoundError(f"subject {subject_id} did not exist at {as_of.isoformat()}")
@@ -177,7 +181,7 @@ def teae(
     name: TableName = ROWS,
 ) -> Response:
     """Treatment-emergent AEs in days 0-28, per subject; summary per dose level and term."""
-    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
     table = teae_report(facts, application.forms.study)
     return _respond(table, position, as_of, fmt, "teae", name=name)
 
@@ -192,7 +196,7 @@ def crs_icans(
     name: TableName = ROWS,
 ) -> Response:
     """CRS and ICANS per treated subject: worst grade, onset day, duration (days 0-28)."""
-    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
     table = crs_icans_report(facts, application.forms.study)
     return _respond(table, position, as_of, fmt, "crs-icans", name=name)
 
@@ -207,7 +211,7 @@ def dlt(
     name: TableName = ROWS,
 ) -> Response:
     """Per dose level: treated, evaluable and DLT counts from signed DLT assessments."""
-    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
     table = dlt_report(facts, application.forms.study)
     return _respond(table, position, as_of, fmt, "dlt", name=name)
 
@@ -222,7 +226,7 @@ def rcl_ada(
     name: TableName = ROWS,
 ) -> Response:
     """Every RCL and ADA test result."""
-    facts, position = _facts(runner, actor, SafetyTables.name, as_of)
+    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
     table = rcl_ada_report(facts, application.forms.study)
     return _respond(table, position, as_of, fmt, "rcl-ada", name=name)
 
@@ -240,7 +244,7 @@ def pk(
     """NCA per subject (Cmax, Tmax, Tlast, AUClast, AUC0-28); geometric summaries by dose."""
     study = application.forms.study
     chosen = _pk_method(study, method)
-    facts, position = _facts(runner, actor, PkProfiles.name, as_of)
+    facts, position = _facts(runner, actor, PK_FORMS, as_of)
     table = pk_report(facts, study, chosen)
     return _respond(table, position, as_of, fmt, f"pk-{chosen}", name=name)
 
@@ -256,7 +260,7 @@ def pk_png(
     """PK profiles per dose level on a log scale."""
     study = application.forms.study
     chosen = _pk_method(study, method)
-    facts, position = _facts(runner, actor, PkProfiles.name, as_of)
+    facts, position = _facts(runner, actor, PK_FORMS, as_of)
     table = pk_report(facts, study, chosen)
     summary = table.summary or {}
     levels = [level["dose_level"] for level in summary.get("dose_levels", [])]
@@ -274,7 +278,7 @@ def mrd(
     name: TableName = ROWS,
 ) -> Response:
     """ctDNA course, clearance, molecular relapse and imaging recurrence per subject."""
-    facts, position = _facts(runner, actor, MrdCourses.name, as_of)
+    facts, position = _facts(runner, actor, MRD_FORMS, as_of)
     table = mrd_report(facts, application.forms.study)
     return _respond(table, position, as_of, fmt, "mrd", name=name)
 
@@ -289,7 +293,7 @@ def rfs(
     name: TableName = ROWS,
 ) -> Response:
     """RFS time and event per treated subject; Kaplan-Meier curve and 24-month rate."""
-    facts, position = _facts(runner, actor, RecurrenceFreeSurvival.name, as_of)
+    facts, position = _facts(runner, actor, RFS_FORMS, as_of)
     table = rfs_report(facts, application.forms.study)
     return _respond(table, position, as_of, fmt, "rfs", name=name)
 
@@ -302,7 +306,7 @@ def rfs_png(
     as_of: AsOf = None,
 ) -> Response:
     """The Kaplan-Meier RFS curve with its 95% band and numbers at risk."""
-    facts, position = _facts(runner, actor, RecurrenceFreeSurvival.name, as_of)
+    facts, position = _facts(runner, actor, RFS_FORMS, as_of)
     table = rfs_report(facts, application.forms.study)
     summary = table.summary or {}
     image = km_plot(table.rows, summary.get("curve", []), summary.get("horizon_months", 24.0))
