@@ -99,7 +99,7 @@ def run(
 @projections_app.command("rebuild")
 def rebuild(
     name: Annotated[str | None, typer.Argument(help="One projection (default: all).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Events per transaction.", min=1)] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Events per transaction.", min=1)] = 10_000,
 ) -> None:
     """Drop projections and replay the whole log into them, with progress."""
     with _runner(batch_size) as runner:
