@@ -21,6 +21,7 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, lru_cache, singledispatchmethod
 from typing import Any, ClassVar, NamedTuple
@@ -197,11 +198,29 @@ def _insert_many(conn: Connection, table: Table, rows: Iterable[dict[str, Any]])
         tuple(row[key] if convert is None else convert(row[key]) for key, convert in pairs)
         for row in rows
     ]
-    if insert.positional:
+    if conn.dialect.name == "sqlite" and len(converted) > 1:
+        # One statement for all rows: SQLite inserts them in one call, outside the GIL,
+        # while a rebuild's reader thread decodes the next batch (see ``rebuild``).
+        conn.exec_driver_sql(
+            _json_each_insert(table, insert.keys), (orjson.dumps(converted).decode(),)
+        )
+    elif insert.positional:
         conn.exec_driver_sql(insert.sql, converted)
     else:
         named = [dict(zip(insert.keys, values, strict=True)) for values in converted]
         conn.exec_driver_sql(insert.sql, named)
+
+
+@cache
+def _json_each_insert(table: Table, keys: tuple[str, ...]) -> str:
+    """SQLite: INSERT of the rows of a JSON array of arrays (values in ``keys`` order).
+
+    ``json_extract`` gives back each value as SQLite would have bound it: integers and reals
+    as numbers, text (a JSON column's text included) unchanged, null as NULL.
+    """
+    columns = ", ".join(f'"{key}"' for key in keys)
+    values = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(keys)))
+    return f'INSERT INTO "{table.name}" ({columns}) SELECT {values} FROM json_each(?)'
 
 
 @cache
@@ -543,18 +562,25 @@ class ProjectionRunner:
                 self._reset(conn, chosen)
             total = int(self.recorder.max_notification_id() or 0)
             position = 0
-            with writer(self.engine) as conn, _bulk_writes(conn):
-                while True:
-                    events = self._read(position, None)
+            with (
+                writer(self.engine) as conn,
+                _bulk_writes(conn),
+                # The next batch is read and decoded while this one is written: SQLite
+                # inserts a table's rows in one call and commits outside the GIL.
+                ThreadPoolExecutor(1, thread_name_prefix="rebuild-read") as reader,
+            ):
+                upcoming: Future[list[tuple[int, Any]]] | None = reader.submit(self._read, 0, None)
+                while upcoming is not None:
+                    events = upcoming.result()
                     if not events:
                         break
+                    full = len(events) == self.batch_size
+                    upcoming = reader.submit(self._read, events[-1][0], None) if full else None
                     with conn.begin():
                         self._apply(conn, chosen, events)
                     position = events[-1][0]
                     if progress is not None:
                         progress(min(position, total), max(total, position))
-                    if len(events) < self.batch_size:
-                        break
             if progress is not None:
                 progress(max(total, position), max(total, position))
 
