@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
@@ -580,7 +580,7 @@ class EcrfApplication(Application[UUID]):
         before an adverse event's onset, ...) re-evaluates those rules on the other entries.
         """
         entry = subject.entry(entry_id)
-        live = self._live_facts(subject)
+        live = self._live_facts(subject, self.checks.compared_forms(entry.form))
         findings = self.checks.findings(
             EntryFacts(entry.entry_id, entry.form, entry.data),
             entry.visit,
@@ -606,9 +606,12 @@ class EcrfApplication(Application[UUID]):
         self._recheck_date_order(subject, changed=entry)
 
     @staticmethod
-    def _live_facts(subject: Subject) -> list[EntryFacts]:
+    def _live_facts(subject: Subject, forms: Collection[str]) -> list[EntryFacts]:
+        """The subject's live entries of ``forms``, as the soft checks read them."""
         return [
-            EntryFacts(e.entry_id, e.form, e.data) for e in subject.entries.values() if not e.voided
+            EntryFacts(e.entry_id, e.form, e.data)
+            for e in subject.entries.values()
+            if e.form in forms and not e.voided
         ]
 
     def _recheck_visit_windows(self, subject: Subject, changed: Entry) -> None:
@@ -618,7 +621,7 @@ class EcrfApplication(Application[UUID]):
         still open or a person closed it (the site's answer stands); a window query whose
         finding no longer holds is closed by the system.
         """
-        live = self._live_facts(subject)
+        live = self._live_facts(subject, self.checks.anchor_forms())
         reason = f"visit window recomputed after a change to {changed.form} {changed.entry_id}"
         for other in list(subject.entries.values()):
             if other.voided or other.entry_id == changed.entry_id:
@@ -649,7 +652,7 @@ class EcrfApplication(Application[UUID]):
         partners = self.checks.date_order_partners(changed.form)
         if not partners:
             return
-        live = self._live_facts(subject)
+        live = self._live_facts(subject, {changed.form})
         reason = f"date order rechecked after a change to {changed.form} {changed.entry_id}"
         resolution = f"Resolved: the dates no longer conflict after a change to {changed.form}."
         asked_on_changed = (

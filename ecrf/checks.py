@@ -63,6 +63,7 @@ class SoftChecks:
         self.visits = {v["code"]: v for v in study.get("visits", [])}
         self.anchors: Mapping[str, Any] = study.get("anchors", {})
         self.dose_levels = {d["dose_level"]: d for d in study.get("dose_levels", [])}
+        self._compared: dict[str, frozenset[str]] = {}
 
     def findings(
         self,
@@ -81,6 +82,30 @@ class SoftChecks:
         found += self._mismatch(entry)
         found += self._cell_dose(entry, assigned_dose_level)
         return _unique(found)
+
+    def compared_forms(self, form: str) -> frozenset[str]:
+        """The forms whose entries the checks of an entry of ``form`` read.
+
+        Anchors (visit windows), date-order partners and equal-field partners: ``findings``
+        gives the same answer when ``others`` holds only entries of these forms, which
+        spares building facts for a long casebook's every entry on each change.
+        """
+        cached = self._compared.get(form)
+        if cached is None:
+            equal = {
+                str(theirs["form"])
+                for rule in self.rules.get("equal", [])
+                for mine, theirs in (rule["fields"], rule["fields"][::-1])
+                if mine["form"] == form
+            }
+            cached = self._compared[form] = (
+                self.anchor_forms() | equal | self.date_order_partners(form)
+            )
+        return cached
+
+    def anchor_forms(self) -> frozenset[str]:
+        """The forms that date the anchors visit windows count from."""
+        return frozenset(str(source["form"]) for source in self.anchors.values())
 
     def is_anchor_form(self, form: str) -> bool:
         """Whether entries of ``form`` date an anchor that visit windows count from."""

@@ -189,3 +189,35 @@ class TestOtherChecks:
         )
         found = CHECKS.findings(EntryFacts("e", "cart_infusion", data), "D0", [], "DL1")
         assert "/dose_level" in [f.path for f in found]
+
+
+def _casebook() -> list[tuple[EntryFacts, str]]:
+    """Every form's shipped examples as one subject's entries, with dates that conflict."""
+    forms = Path(__file__).parents[2] / "forms"
+    casebook = []
+    for name in STUDY["forms"]:
+        schema = json.loads(sorted((forms / name).glob("v*.json"))[-1].read_text())
+        # Every visit the form is entered at, so that each visit window is evaluated.
+        visits = [v["code"] for v in STUDY["visits"] if name in v.get("forms", [])] or ["LOG"]
+        for index, example in enumerate(schema.get("examples", [])):
+            for visit in visits:
+                casebook.append((EntryFacts(f"{name}-{index}-{visit}", name, example), visit))
+    # A second infusion and consent, months apart, so windows and date orders disagree.
+    casebook.append((EntryFacts("inf-late", "cart_infusion", dict(INFUSION.data)), "D0"))
+    casebook.append((CONSENT, "SCR"))
+    return casebook
+
+
+def test_the_checks_read_only_the_forms_they_compare() -> None:
+    """findings() over just compared_forms() is findings() over the whole casebook."""
+    casebook = _casebook()
+    assert {entry.form for entry, _ in casebook} >= {"cart_infusion", "adverse_event"}
+    everyone = [entry for entry, _ in casebook]
+    some_found = False
+    for entry, visit in casebook:
+        compared = CHECKS.compared_forms(entry.form)
+        narrowed = [other for other in everyone if other.form in compared]
+        found = CHECKS.findings(entry, visit, everyone)
+        some_found = some_found or bool(found)
+        assert CHECKS.findings(entry, visit, narrowed) == found, entry.form
+    assert some_found  # the casebook does exercise the checks
