@@ -20,7 +20,7 @@ from eventsourcing.persistence import (
     Recording,
 )
 
-from ecrf.checks import EntryFacts, Finding, SoftChecks, derive
+from ecrf.checks import Finding, SoftChecks, derive
 from ecrf.commands import (
     AddSite,
     AnswerQuery,
@@ -582,7 +582,7 @@ class EcrfApplication(Application[UUID]):
         entry = subject.entry(entry_id)
         live = self._live_facts(subject, self.checks.compared_forms(entry.form))
         findings = self.checks.findings(
-            EntryFacts(entry.entry_id, entry.form, entry.data),
+            entry,
             entry.visit,
             live,
             assigned_dose_level=subject.dose_level,
@@ -606,13 +606,9 @@ class EcrfApplication(Application[UUID]):
         self._recheck_date_order(subject, changed=entry)
 
     @staticmethod
-    def _live_facts(subject: Subject, forms: Collection[str]) -> list[EntryFacts]:
-        """The subject's live entries of ``forms``, as the soft checks read them."""
-        return [
-            EntryFacts(e.entry_id, e.form, e.data)
-            for e in subject.entries.values()
-            if e.form in forms and not e.voided
-        ]
+    def _live_facts(subject: Subject, forms: Collection[str]) -> list[Entry]:
+        """The subject's live entries of ``forms`` (the soft checks read them as they are)."""
+        return [e for e in subject.entries.values() if e.form in forms and not e.voided]
 
     def _recheck_visit_windows(self, subject: Subject, changed: Entry) -> None:
         """Bring every other live entry's visit-window queries in line with the anchors now.
@@ -626,8 +622,7 @@ class EcrfApplication(Application[UUID]):
         for other in list(subject.entries.values()):
             if other.voided or other.entry_id == changed.entry_id:
                 continue
-            facts = EntryFacts(other.entry_id, other.form, other.data)
-            findings = self.checks.visit_window_findings(facts, other.visit, live)
+            findings = self.checks.visit_window_findings(other, other.visit, live)
             window_queries = [
                 q
                 for q in subject.queries.values()
@@ -671,8 +666,7 @@ class EcrfApplication(Application[UUID]):
             if other.voided or other.entry_id == changed.entry_id or other.form not in partners:
                 continue
             messages = self.checks.date_order_messages(other.form, changed.form)
-            facts = EntryFacts(other.entry_id, other.form, other.data)
-            findings = self.checks.date_order_findings(facts, live, changed.form)
+            findings = self.checks.date_order_findings(other, live, changed.form)
             order_queries = [
                 q
                 for q in subject.queries.values()

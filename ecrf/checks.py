@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from ecrf.clinical.grading import crs_grade, icans_grade, ice_score
@@ -25,9 +25,25 @@ class Finding:
     message: str
 
 
+class CheckedEntry(Protocol):
+    """What the checks read of an entry: a casebook's ``Entry`` or an ``EntryFacts``."""
+
+    @property
+    def entry_id(self) -> str:
+        """The entry's id."""
+
+    @property
+    def form(self) -> str:
+        """The form it is an entry of."""
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """Its current data."""
+
+
 @dataclass(frozen=True)
 class EntryFacts:
-    """What the checks need to know about another live entry of the same subject."""
+    """An entry as the checks read it, for callers without a casebook ``Entry``."""
 
     entry_id: str
     form: str
@@ -67,9 +83,9 @@ class SoftChecks:
 
     def findings(
         self,
-        entry: EntryFacts,
+        entry: CheckedEntry,
         visit: str,
-        others: Iterable[EntryFacts],
+        others: Iterable[CheckedEntry],
         assigned_dose_level: str | None = None,
     ) -> list[Finding]:
         """Every soft-check finding for ``entry`` (others = the subject's other live entries)."""
@@ -112,7 +128,7 @@ class SoftChecks:
         return any(source.get("form") == form for source in self.anchors.values())
 
     def visit_window_findings(
-        self, entry: EntryFacts, visit: str, others: Iterable[EntryFacts]
+        self, entry: CheckedEntry, visit: str, others: Iterable[CheckedEntry]
     ) -> list[Finding]:
         """The visit-window finding of ``entry`` alone (others = the subject's live entries)."""
         others = [o for o in others if o.entry_id != entry.entry_id]
@@ -137,7 +153,7 @@ class SoftChecks:
         return frozenset(str(rule["message"]) for rule in self._pairing(form, partner))
 
     def date_order_findings(
-        self, entry: EntryFacts, others: Iterable[EntryFacts], partner: str
+        self, entry: CheckedEntry, others: Iterable[CheckedEntry], partner: str
     ) -> list[Finding]:
         """The findings of ``entry`` under the date-order rules comparing it with ``partner``."""
         others = [o for o in others if o.entry_id != entry.entry_id]
@@ -167,7 +183,7 @@ class SoftChecks:
         return template.format(visit=visit_code, start=start, end=end, anchor=anchor)
 
     def _visit_window(
-        self, entry: EntryFacts, visit_code: str, others: list[EntryFacts]
+        self, entry: CheckedEntry, visit_code: str, others: list[CheckedEntry]
     ) -> list[Finding]:
         meta = self.catalogue.get(entry.form, {})
         window = self._window(visit_code)
@@ -185,7 +201,9 @@ class SoftChecks:
         message = self._window_text(*window)
         return [Finding(f"/{date_field}", f"{message} It is day {day}.")]
 
-    def _anchor_date(self, anchor: str, entry: EntryFacts, others: list[EntryFacts]) -> date | None:
+    def _anchor_date(
+        self, anchor: str, entry: CheckedEntry, others: list[CheckedEntry]
+    ) -> date | None:
         source = self.anchors.get(anchor)
         if not source:
             return None
@@ -201,8 +219,8 @@ class SoftChecks:
 
     def _date_order(
         self,
-        entry: EntryFacts,
-        others: list[EntryFacts],
+        entry: CheckedEntry,
+        others: list[CheckedEntry],
         rules: Iterable[Mapping[str, Any]] | None = None,
     ) -> list[Finding]:
         found = []
@@ -231,7 +249,7 @@ class SoftChecks:
                         found.append(Finding(f"/{path}", str(rule["message"])))
         return found
 
-    def _equal(self, entry: EntryFacts, others: list[EntryFacts]) -> list[Finding]:
+    def _equal(self, entry: CheckedEntry, others: list[CheckedEntry]) -> list[Finding]:
         found = []
         for rule in self.rules.get("equal", []):
             first, second = rule["fields"]
@@ -245,7 +263,7 @@ class SoftChecks:
                         found.append(Finding(f"/{mine['field']}", str(rule["message"])))
         return found
 
-    def _plausible(self, entry: EntryFacts) -> list[Finding]:
+    def _plausible(self, entry: CheckedEntry) -> list[Finding]:
         found = []
         for rule in self.rules.get("plausible_ranges", []):
             if rule["form"] != entry.form:
@@ -262,7 +280,7 @@ class SoftChecks:
                 found.append(Finding(f"/{rule['field']}", message))
         return found
 
-    def _mismatch(self, entry: EntryFacts) -> list[Finding]:
+    def _mismatch(self, entry: CheckedEntry) -> list[Finding]:
         found = []
         for rule in self.rules.get("grade_mismatch", []):
             if rule["form"] != entry.form or rule["entered"] not in entry.data:
@@ -271,7 +289,7 @@ class SoftChecks:
                 found.append(Finding(f"/{rule['entered']}", str(rule["message"])))
         return found
 
-    def _cell_dose(self, entry: EntryFacts, assigned: str | None) -> list[Finding]:
+    def _cell_dose(self, entry: CheckedEntry, assigned: str | None) -> list[Finding]:
         if entry.form != "cart_infusion":
             return []
         found = []
