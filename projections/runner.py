@@ -458,8 +458,9 @@ class ProjectionRunner:
         """Process every new event (up to ``stop``) for the named projections.
 
         Positions are compared with the log head first, so an idle poll costs two reads;
-        each batch of events is read and decoded once for all lagging projections, and
-        each projection applies it in its own transaction.
+        each batch of events is read and decoded once for all lagging projections and
+        applied to them in one transaction. If that fails, each projection applies it in a
+        transaction of its own, so that one failing projection holds back only itself.
         """
         with self._lock:
             wanted = list(names or self.projections)
@@ -476,9 +477,26 @@ class ProjectionRunner:
                 if not notifications:
                     return
                 events = list(self._decoded(notifications))  # once for every lagging one
-                for name in lagging:
+                chosen = [self.projections[name] for name in lagging]
+                try:
                     with writing(self.engine) as conn:
-                        self._apply(conn, [self.projections[name]], events)
+                        self._apply(conn, chosen, events)
+                except Exception:
+                    if len(chosen) == 1:
+                        raise
+                    self._apply_each(chosen, events)
+
+    def _apply_each(self, projections: Sequence[Projection], events: list[tuple[int, Any]]) -> None:
+        """Apply ``events`` to each projection in its own transaction; raise the first error."""
+        failures = []
+        for projection in projections:
+            try:
+                with writing(self.engine) as conn:
+                    self._apply(conn, [projection], events)
+            except Exception as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]
 
     def _read(self, start: int, stop: int | None) -> Sequence[Notification]:
         """The next batch of notifications after ``start`` (up to ``stop``)."""

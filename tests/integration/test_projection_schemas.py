@@ -342,3 +342,42 @@ def test_a_failed_batch_leaves_nothing_pending_behind(
         assert [row["position"] for row in rows] == list(range(1, application.max_position() + 1))
     finally:
         engine.dispose()
+
+
+class Broken(Flaky):
+    """Fails at the third event until it is mended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    def process(self, domain_event: Any, conn: Connection, position: int) -> None:
+        """As Flaky, but failing every time while broken."""
+        self.failed = not self.broken
+        super().process(domain_event, conn, position)
+
+
+def test_a_failing_projection_holds_back_only_itself(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    """Projections catch up together; while one fails, the others still move on."""
+    enter_trial(application, subjects=1)
+    broken = Broken()
+    engine = make_engine(settings.database.sqlalchemy_url())
+    try:
+        runner = ProjectionRunner(
+            application.recorder, application.mapper, engine, [*all_projections(), broken]
+        )
+        with pytest.raises(RuntimeError):
+            runner.catch_up()
+        head = application.max_position()
+        others = [name for name in runner.projections if name != broken.name]
+        assert runner.position(broken.name) == 0
+        assert {name: runner.position(name) for name in others} == dict.fromkeys(others, head)
+        broken.broken = False
+        runner.catch_up()
+        assert all(status["lag"] == 0 for status in runner.status())
+        rows = dump(engine, flaky_metadata)["flaky_events"]
+        assert [row["position"] for row in rows] == list(range(1, head + 1))
+    finally:
+        engine.dispose()
