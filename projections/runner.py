@@ -20,7 +20,15 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, lru_cache, singledispatchmethod
@@ -144,7 +152,7 @@ class PendingRows:
         """INSERT every pending row, one executemany per table."""
         for table, rows in self._rows.items():
             if rows:
-                _insert_many(conn, table, rows.values())
+                _insert_many(conn, table, list(rows.values()))
         self._rows.clear()
 
 
@@ -184,31 +192,48 @@ def _bulk_insert(table: Table, dialect: Dialect) -> _BulkInsert:
     )
 
 
-def _insert_many(conn: Connection, table: Table, rows: Iterable[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (each with every column) with one DB-API executemany.
+def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]]) -> None:
+    """INSERT ``rows`` (each with every column), all in one statement where the engine can.
 
-    ``conn.execute(table.insert(), rows)`` would build the parameters of each row through
-    SQLAlchemy's per-statement machinery, which was a third of what writing a rebuild's rows
-    cost; here the statement is compiled once per table and dialect and each value goes
-    through its column type's own bind conversion (JSON, DateTime, ...) directly.
+    ``conn.execute(table.insert(), rows)`` builds each row's parameters through SQLAlchemy's
+    per-statement machinery, and a driver's executemany then binds them row by row in
+    Python: most of what writing a rebuild's rows cost. Instead the rows travel as one JSON
+    document that the database unpacks itself: SQLite's ``json_each`` (in one call, outside
+    the GIL) and PostgreSQL's ``json_populate_recordset`` (in the server's own process).
+    Both leave the values exactly as the bound parameters would have.
     """
+    dialect = conn.dialect.name
+    if dialect == "postgresql" and len(rows) > 1:
+        # Column values as PostgreSQL reads them from JSON: a JSON column's value nested
+        # as it is, an instant as RFC 3339 text (orjson writes datetimes so).
+        document = orjson.dumps(list(rows)).decode()
+        conn.exec_driver_sql(_json_recordset_insert(table, conn.dialect), (document,))
+        return
     insert = _bulk_insert(table, conn.dialect)
     pairs = tuple(zip(insert.keys, insert.converters, strict=True))
     converted = [
         tuple(row[key] if convert is None else convert(row[key]) for key, convert in pairs)
         for row in rows
     ]
-    if conn.dialect.name == "sqlite" and len(converted) > 1:
-        # One statement for all rows: SQLite inserts them in one call, outside the GIL,
-        # while a rebuild's reader thread decodes the next batch (see ``rebuild``).
-        conn.exec_driver_sql(
-            _json_each_insert(table, insert.keys), (orjson.dumps(converted).decode(),)
-        )
+    if dialect == "sqlite" and len(converted) > 1:
+        document = orjson.dumps(converted).decode()
+        conn.exec_driver_sql(_json_each_insert(table, insert.keys), (document,))
     elif insert.positional:
         conn.exec_driver_sql(insert.sql, converted)
     else:
         named = [dict(zip(insert.keys, values, strict=True)) for values in converted]
         conn.exec_driver_sql(insert.sql, named)
+
+
+@lru_cache(maxsize=256)
+def _json_recordset_insert(table: Table, dialect: Dialect) -> str:
+    """PostgreSQL: INSERT of the rows of a JSON array of objects keyed by column name."""
+    name = dialect.identifier_preparer.format_table(table)
+    columns = ", ".join(dialect.identifier_preparer.quote(c.name) for c in table.columns)
+    return (
+        f"INSERT INTO {name} ({columns}) SELECT {columns} "
+        f"FROM json_populate_recordset(NULL::{name}, %s::json)"
+    )
 
 
 @cache
