@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Query, status
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from ecrf.api.deps import App, CallerOf, CurrentActor, Projections
 from ecrf.api.models import (
@@ -94,7 +95,10 @@ async def record_entry(caller: CallerOf, subject_id: str, body: RecordEntry) -> 
     # The busiest write takes one hop to the thread pool for the token check, the command
     # and the response; a sync dependency, a sync endpoint and the validation of a sync
     # endpoint's response would each take a hop (a thread switch and a wait for the GIL).
-    return await run_in_threadpool(run)
+    # Only a few run at once (app.ENTRY_WRITERS); the rest wait on the event loop, not in
+    # threads contending for the store's write lock.
+    limiter: anyio.CapacityLimiter = caller.request.app.state.entry_writers
+    return await anyio.to_thread.run_sync(run, limiter=limiter)
 
 
 @router.get("/{subject_id}/entries/{entry_id}")
