@@ -30,20 +30,24 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cache, lru_cache, singledispatchmethod
 from typing import Any, ClassVar, NamedTuple
 
 import orjson
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    Boolean,
     Column,
     ColumnElement,
     Connection,
+    DateTime,
     Delete,
     Dialect,
     Engine,
+    Integer,
     MetaData,
     String,
     Table,
@@ -203,26 +207,45 @@ def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]
     Both leave the values exactly as the bound parameters would have.
     """
     dialect = conn.dialect.name
-    if dialect == "postgresql" and len(rows) > 1:
+    by_json = len(rows) > 1 and _travels_as_json(table)
+    if dialect == "postgresql" and by_json:
         # Column values as PostgreSQL reads them from JSON: a JSON column's value nested
-        # as it is, an instant as RFC 3339 text (orjson writes datetimes so).
-        document = orjson.dumps(list(rows)).decode()
-        conn.exec_driver_sql(_json_recordset_insert(table, conn.dialect), (document,))
-        return
+        # as it is, an instant as RFC 3339 text with its offset (orjson writes it so).
+        with suppress(TypeError):  # a value orjson cannot write: bound one by one below
+            document = orjson.dumps(list(rows)).decode()
+            conn.exec_driver_sql(_json_recordset_insert(table, conn.dialect), (document,))
+            return
     insert = _bulk_insert(table, conn.dialect)
     pairs = tuple(zip(insert.keys, insert.converters, strict=True))
     converted = [
         tuple(row[key] if convert is None else convert(row[key]) for key, convert in pairs)
         for row in rows
     ]
-    if dialect == "sqlite" and len(converted) > 1:
-        document = orjson.dumps(converted).decode()
-        conn.exec_driver_sql(_json_each_insert(table, insert.keys), (document,))
-    elif insert.positional:
+    if dialect == "sqlite" and by_json:
+        with suppress(TypeError):
+            document = orjson.dumps(converted).decode()
+            conn.exec_driver_sql(_json_each_insert(table, insert.keys), (document,))
+            return
+    if insert.positional:
         conn.exec_driver_sql(insert.sql, converted)
     else:
         named = [dict(zip(insert.keys, values, strict=True)) for values in converted]
         conn.exec_driver_sql(insert.sql, named)
+
+
+# Column types whose values come back from a JSON document exactly as bound: text, whole
+# numbers, booleans, JSON, and instants with their zone. Other types are bound one by one.
+_JSON_SAFE_TYPES = (String, Integer, Boolean, JSON)
+
+
+@cache
+def _travels_as_json(table: Table) -> bool:
+    """Whether every column of ``table`` has a type a JSON document carries exactly."""
+    return all(
+        isinstance(column.type, _JSON_SAFE_TYPES)
+        or (isinstance(column.type, DateTime) and column.type.timezone)
+        for column in table.columns
+    )
 
 
 @lru_cache(maxsize=256)
