@@ -5,9 +5,10 @@ settings (``settings.pk``) name, per method, the value and BLQ fields, the unit 
 LLOQ; the NCA method and interval come from there too (``ecrf.clinical.nca`` does the
 arithmetic, PKNCA rules). Definitions where PROTOCOL.md is silent:
 
-- A sample flagged BLQ enters as 0; so does a value below the method's LLOQ (it is not
-  quantifiable by definition, and would otherwise decide Tlast). A sample with neither a
-  value nor a BLQ flag for the method (not done) is left out.
+- A sample flagged BLQ enters as 0; so does a value below its LLOQ, the one the lab
+  reported on the sample (``lloq_field``) or else the method's (it is not quantifiable by
+  definition, and would otherwise decide Tlast). A sample with neither a value nor a BLQ
+  flag for the method (not done) is left out.
 - Samples at or before the infusion instant are pre-dose: together they are one point
   (day 0, value 0), as PROTOCOL says a pre-dose sample counts as 0 at day 0.
 - Two samples at the same instant are one time point with their mean value.
@@ -25,6 +26,7 @@ from typing import Any
 
 from ecrf.clinical.nca import (
     LINEAR_UP_LOG_DOWN,
+    Sample,
     geometric_cv_percent,
     geometric_mean,
     nca,
@@ -90,7 +92,12 @@ def profile(
     zone = study_zone(study)
     return profile_points(
         (
-            (moment, number(data.get(method["value_field"])), data.get(method["blq_field"]) is True)
+            Sample(
+                moment,
+                number(data.get(method["value_field"])),
+                data.get(method["blq_field"]) is True,
+                number(data.get(method.get("lloq_field", ""))),
+            )
             for data in samples
             if (moment := parse_instant(data.get("sample_datetime"), zone)) is not None
         ),

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
+from typing import NamedTuple
 
 LINEAR = "linear"
 LINEAR_UP_LOG_DOWN = "linear-up/log-down"
@@ -158,21 +159,32 @@ def geometric_cv_percent(values: Sequence[float]) -> float | None:
 SECONDS_PER_DAY = 86400.0
 
 
+class Sample(NamedTuple):
+    """One PK sample of one method, as ``profile_points`` reads it."""
+
+    moment: datetime
+    value: float | None
+    blq: bool
+    lloq: float | None = None
+    """The LLOQ the lab reported for this sample, when it differs from the method's."""
+
+
 def profile_points(
-    samples: Iterable[tuple[datetime, float | None, bool]],
+    samples: Iterable[Sample],
     infusion_at: datetime,
     lloq: float | None,
 ) -> list[tuple[float, float]]:
-    """(day from infusion, level) points for NCA from (sample time, value, BLQ flag).
+    """(day from infusion, level) points for NCA from samples (time, value, BLQ flag, LLOQ).
 
-    BLQ samples and values below the LLOQ count as 0; samples at or before the infusion
-    become one pre-dose point (0, 0); samples taken at one instant are averaged; samples
-    with neither a value nor a BLQ flag are left out. The PK report and the SDTM PP
-    dataset both use this, so their parameters agree.
+    BLQ samples and values below the LLOQ (the sample's own, else the method's ``lloq``)
+    count as 0; samples at or before the infusion become one pre-dose point (0, 0); samples
+    taken at one instant are averaged; samples with neither a value nor a BLQ flag are left
+    out. The PK report and the SDTM PP dataset both use this, so their parameters agree.
     """
     points: dict[float, list[float]] = defaultdict(list)
-    for moment, value, blq in samples:
-        if blq or (value is not None and lloq is not None and value < lloq):
+    for moment, value, blq, own_lloq in samples:
+        limit = own_lloq if own_lloq is not None else lloq
+        if blq or (value is not None and limit is not None and value < limit):
             value = 0.0
         if value is None:
             continue

@@ -36,7 +36,7 @@ from datetime import date, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ecrf.clinical.nca import LINEAR_UP_LOG_DOWN, nca, profile_points
+from ecrf.clinical.nca import LINEAR_UP_LOG_DOWN, Sample, nca, profile_points
 from ecrf.export.facts import Casebook, EntryFact
 
 CHAR = "Char"
@@ -926,10 +926,11 @@ def pk_profile(
     pre-dose samples as (0, 0), samples at one instant averaged (as the PK report)."""
     return profile_points(
         (
-            (
+            Sample(
                 moment,
                 _number(data.get(method["value_field"])),
                 data.get(method["blq_field"]) is True,
+                _number(data.get(method.get("lloq_field", ""))),
             )
             for data in samples
             if (moment := instant(data.get("sample_datetime"), zone)) is not None

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from ecrf.export.sdtm import pk_profile
 from ecrf.reports.tables import cell, to_csv
 from projections.facts import EntryFact, SubjectFacts
 from projections.mrd import add_months, mrd_report
@@ -120,6 +121,23 @@ class TestPk:
         (flow,) = pk_report(facts, STUDY, "flow").rows
         assert flow["profile"] == [[1.0, 5.0], [2.0, 0.0]]
         assert flow["tlast"] == 1.0
+
+    def test_a_sample_is_judged_by_the_lloq_its_lab_reported(self) -> None:
+        """The sample's own LLOQ, when recorded, replaces the method's (qPCR 50)."""
+        samples = [
+            ("pk_sample", pk_sample(1, 1000.0)),
+            # A more sensitive assay: 30 copies is quantifiable against its LLOQ of 20.
+            ("pk_sample", {**pk_sample(2, 30.0), "qpcr_lloq_copies_per_ug": 20.0}),
+            # A less sensitive one: 80 copies is below its LLOQ of 100.
+            ("pk_sample", {**pk_sample(3, 80.0), "qpcr_lloq_copies_per_ug": 100.0}),
+            ("pk_sample", pk_sample(4, 60.0)),  # no LLOQ of its own: the method's 50
+        ]
+        (row,) = pk_report([subject("S1", infusion(), *samples)], STUDY, "qpcr").rows
+        assert row["profile"] == [[1.0, 1000.0], [2.0, 30.0], [3.0, 0.0], [4.0, 60.0]]
+        # The SDTM PP dataset computes its parameters from the same points.
+        qpcr = STUDY["settings"]["pk"]["methods"]["qpcr"]
+        points = pk_profile([data for _, data in samples], INFUSED, qpcr, SHANGHAI)
+        assert [list(point) for point in points] == row["profile"]
 
     def test_summary_geometric_mean_and_cv(self) -> None:
         facts = [
