@@ -606,6 +606,17 @@ class EcrfApplication(Application[UUID]):
         self._recheck_date_order(subject, changed=entry)
 
     @staticmethod
+    def _close_system_queries_of_voided(subject: Subject, voided: Entry) -> None:
+        """A voided entry leaves every check: the system closes what its checks asked.
+
+        People's queries on it stay as they are; a monitor may still want an answer.
+        """
+        audit = SYSTEM.stamp("system", subject.site, f"entry {voided.entry_id} voided")
+        for query in list(subject.queries.values()):
+            if query.entry_id == voided.entry_id and query.system and query.state != "closed":
+                subject.close_query(query.query_id, "Closed: the entry was voided.", audit)
+
+    @staticmethod
     def _live_facts(subject: Subject, forms: Collection[str]) -> list[Entry]:
         """The subject's live entries of ``forms`` (the soft checks read them as they are)."""
         return [e for e in subject.entries.values() if e.form in forms and not e.voided]
@@ -754,6 +765,7 @@ class EcrfApplication(Application[UUID]):
             audit = actor.stamp(role, subject.site, command.reason)
             subject.void_entry(entry_id, command.expected_revision, audit)
             voided = subject.entry(entry_id)
+            self._close_system_queries_of_voided(subject, voided)
             if self.checks.is_anchor_form(voided.form):
                 self._recheck_visit_windows(subject, changed=voided)
             self._recheck_date_order(subject, changed=voided)

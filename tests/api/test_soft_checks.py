@@ -124,6 +124,27 @@ def test_two_findings_on_one_field_are_two_queries_and_both_close(api: Api) -> N
     assert [q["state"] for q in onset] == ["closed", "closed"]
 
 
+def test_voiding_an_entry_closes_what_the_system_asked_about_it(api: Api) -> None:
+    register(api)
+    data = example(api, "cart_infusion")
+    data["total_car_t_cells"] = int(data["weight_kg"] * 1_000_000 * 1.5)  # off target
+    entry = _enter(api, "cart_infusion", "D0", data)
+    [query] = _system_queries(api)
+    url = f"/subjects/{SUBJECT}/entries/{entry['entry_id']}"
+    asked = api.post("cra", f"{url}/queries", {"path": "/weight_kg", "text": "Source weight?"})
+    assert asked.status_code == 201, asked.text
+    voided = api.post("crc", f"{url}/void", {"reason": "entered twice", "expected_revision": 1})
+    assert voided.status_code == 200, voided.text
+    closed = api.get("cra", f"/queries/{query['query_id']}").json()
+    assert closed["state"] == "closed"
+    assert closed["messages"][-1]["text"] == "Closed: the entry was voided."
+    # The monitor's own query is a person's question: it stays open.
+    assert api.get("cra", f"/queries/{asked.json()['query_id']}").json()["state"] == "open"
+    audit = api.get("fda", f"/subjects/{SUBJECT}/audit").json()
+    closing = next(r for r in audit if r["action"] == "query_closed")
+    assert (closing["user"], closing["role"]) == ("system", "system")
+
+
 # Visit windows follow their anchor: a window finding depends on another entry's date.
 
 WINDOW_VITALS = "2030-01-01T10:00:00+08:00"  # a D7 visit that only fits an infusion on 25 Dec
