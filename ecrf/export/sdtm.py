@@ -140,6 +140,7 @@ AE_VARIABLES = _vars(
     ("AETERM", "Reported Term for the Adverse Event"),
     ("AEDECOD", "Dictionary-Derived Term"),
     ("AESER", "Serious Event"),
+    ("AEACN", "Action Taken with Study Treatment"),
     ("AEREL", "Causality"),
     ("AEOUT", "Outcome of Adverse Event"),
     ("AECONTRT", "Concomitant or Additional Trtmnt Given"),
@@ -300,6 +301,15 @@ AE_RELATIONSHIP = {
     "possible": "POSSIBLY RELATED",
     "probable": "PROBABLY RELATED",
     "definite": "RELATED",
+}
+# adverse_event v2 ``action_taken`` in CDISC AEACN terms (NCI codelist C66767).
+AE_ACTION = {
+    "not_applicable": "NOT APPLICABLE",
+    "dose_not_changed": "DOSE NOT CHANGED",
+    "dose_rate_reduced": "DOSE RATE REDUCED",
+    "drug_interrupted": "DRUG INTERRUPTED",
+    "drug_withdrawn": "DRUG WITHDRAWN",
+    "unknown": "UNKNOWN",
 }
 AE_OUTCOME = {
     "recovered": "RECOVERED/RESOLVED",
@@ -738,6 +748,8 @@ def ae_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                 "AETERM": ae_term(data),
                 "AEDECOD": ae_term(data),
                 "AESER": _yes_no(data.get("serious")),
+                # Not asked before adverse_event v2: left empty, not guessed.
+                "AEACN": AE_ACTION.get(str(data.get("action_taken"))),
                 "AEREL": AE_RELATIONSHIP.get(str(data.get("relationship"))),
                 "AEOUT": AE_OUTCOME.get(str(data.get("outcome"))),
                 "AECONTRT": _yes_no(data.get("treatment_given")),

@@ -37,6 +37,7 @@ from ecrf.export.odm_items import (
     odm_value,
 )
 from ecrf.export.sdtm import (
+    AE_ACTION,
     adtte_rows,
     ae_rows,
     dm_rows,
@@ -339,6 +340,21 @@ class TestSdtmRows:
             (2, "Fever", 3),
         ]
         assert rows[0]["AEENRTPT"] == "ONGOING"
+
+    def test_action_taken_is_aeacn_and_left_empty_before_v2(
+        self, study: dict[str, Any], forms: FormRegistry
+    ) -> None:
+        actions = forms.get("adverse_event", 2).schema["properties"]["action_taken"]["enum"]
+        assert set(actions) == set(AE_ACTION)  # every answer the form allows has a term
+        casebook = facts(
+            adverse_event=[
+                {"term": "Fever", "onset_date": "2023-04-26", "action_taken": "not_applicable"},
+                {"term": "Chills", "onset_date": "2023-04-25", "action_taken": "drug_interrupted"},
+                {"term": "Nausea", "onset_date": "2023-04-27"},  # entered on v1
+            ]
+        )
+        rows = {r["AETERM"]: r["AEACN"] for r in ae_rows(study, [casebook])}
+        assert rows == {"Fever": "NOT APPLICABLE", "Chills": "DRUG INTERRUPTED", "Nausea": None}
 
     def test_only_a_signed_dlt_assessment_flags_a_dlt(self, study: dict[str, Any]) -> None:
         def supp(signed: bool) -> set[str]:
