@@ -568,7 +568,8 @@ class EcrfApplication(Application[UUID]):
             derived = derive(form.form, data)
         except (TypeError, ValueError) as error:  # the schema should have caught it
             raise InvalidInputError.single("", f"cannot derive values: {error}") from None
-        self.forms.validate(form, derived)
+        if derived != data:  # most forms derive nothing: the same data need not be checked twice
+            self.forms.validate(form, derived)
         return derived
 
     def _raise_soft_checks(self, subject: Subject, entry_id: str) -> None:
