@@ -265,6 +265,7 @@ def test_the_safety_reviewer_reads_safety_tables_and_cohorts_not_casebooks(world
         world.entry_url(),
         f"{world.entry_url()}/audit",
         f"/subjects/{SUBJECT}/audit",
+        f"/subjects/{SUBJECT}/timeline",  # a patient's whole course, not a safety table
         "/subjects",
         "/queries",
         f"/queries/{query_id}",

@@ -85,9 +85,9 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _visible_sites(actor: Actor) -> tuple[str, ...] | None:
-    """The sites whose subjects the caller may see in reports (None: every site)."""
-    role = actor.role_for(Action.READ_REPORTS)
+def _visible_sites(actor: Actor, action: Action = Action.READ_REPORTS) -> tuple[str, ...] | None:
+    """The sites whose subjects the caller may see for ``action`` (None: every site)."""
+    role = actor.role_for(action)
     return actor.sites if role in SITE_BOUND_ROLES else None
 
 
@@ -156,7 +156,7 @@ def timeline(
     name: TableName = ROWS,
 ) -> Response:
     """A subject's clinical course: date, study day (day 0 = infusion) and what happened."""
-    sites = _visible_sites(actor)
+    sites = _visible_sites(actor, Action.READ_CASEBOOK)  # subject-level data, as a casebook
     facts, position = load_facts(runner, TIMELINE_FORMS, sites=sites, subject_id=subject_id)
     if not facts:
         raise NotFoundError("subject not found")
