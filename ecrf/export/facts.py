@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from ecrf.domain.subject import Subject
+from ecrf.domain.subject import Entry, Subject
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class EntryFact:
     visit: str
     data: Mapping[str, Any]
     signed: bool = False
+    signed_at: datetime | None = None
+    """When the newest signature that still holds was made (None when none holds)."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,13 @@ def casebook_facts(subject: Subject) -> Casebook:
         dose_level=subject.dose_level,
         slot=subject.slot,
         entries=tuple(
-            EntryFact(e.entry_id, e.form, e.version, e.visit, e.data, e.signed)
+            EntryFact(e.entry_id, e.form, e.version, e.visit, e.data, e.signed, _signed_at(e))
             for e in subject.entries.values()
             if not e.voided
         ),
     )
+
+
+def _signed_at(entry: Entry) -> datetime | None:
+    """When the newest still-valid signature of ``entry`` was made."""
+    return max((s.at for s in entry.signatures if entry.signature_valid(s)), default=None)

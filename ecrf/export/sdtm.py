@@ -721,12 +721,22 @@ def ae_term(data: Mapping[str, Any]) -> str:
 
 
 def dlt_entry_ids(casebook: Casebook) -> set[str]:
-    """AE entries named as DLTs by a signed dlt_assessment that records a DLT."""
-    named: set[str] = set()
-    for entry in casebook.live("dlt_assessment"):
-        if entry.signed and entry.data.get("dlt") is True:
-            named.update(str(i) for i in entry.data.get("ae_entry_ids", []))
-    return named
+    """AE entries named as DLTs by the subject's DLT assessment, when it records a DLT.
+
+    The assessment that counts is the one signed last (as in the DLT report and the
+    escalation): a later signed re-assessment replaces an earlier one.
+    """
+    signed = [
+        (entry.signed_at, order, entry)
+        for order, entry in enumerate(casebook.live("dlt_assessment"))
+        if entry.signed and entry.signed_at is not None
+    ]
+    if not signed:
+        return set()
+    _, _, latest = max(signed, key=lambda item: (item[0], item[1]))
+    if latest.data.get("dlt") is not True:
+        return set()
+    return {str(i) for i in latest.data.get("ae_entry_ids", [])}
 
 
 def ae_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dict[str, Any]]:

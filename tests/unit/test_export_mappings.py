@@ -76,6 +76,9 @@ def forms() -> FormRegistry:
     return FormRegistry()
 
 
+SIGNED_AT = datetime(2023, 6, 1, 9, 0, tzinfo=UTC)
+
+
 def facts(subject_id: str = "CHH-S001", **forms: list[dict[str, Any]]) -> Casebook:
     """A casebook with entries given per form (visit LOG for logs, SCR otherwise)."""
     entries = []
@@ -83,7 +86,8 @@ def facts(subject_id: str = "CHH-S001", **forms: list[dict[str, Any]]) -> Casebo
         for n, data in enumerate(items, start=1):
             visit = "LOG" if form == "adverse_event" else data.pop("_visit", "SCR")
             signed = bool(data.pop("_signed", False))
-            entries.append(EntryFact(f"{form}-{n}", form, 1, visit, data, signed))
+            signed_at = data.pop("_signed_at", SIGNED_AT if signed else None)
+            entries.append(EntryFact(f"{form}-{n}", form, 1, visit, data, signed, signed_at))
     return Casebook(subject_id, "CHH", entries=tuple(entries))
 
 
@@ -369,6 +373,30 @@ class TestSdtmRows:
 
         assert supp(True) == {"AETOXSCL", "AEDLT"}
         assert supp(False) == {"AETOXSCL"}
+
+    def test_the_assessment_signed_last_decides_the_dlt_flag(self, study: dict[str, Any]) -> None:
+        later = datetime(2023, 6, 20, 9, 0, tzinfo=UTC)
+
+        def flagged(signed_first: bool, signed_last: bool) -> bool:
+            casebook = facts(
+                adverse_event=[{"term": "Colitis", "onset_date": "2023-05-01", "grade": 3}],
+                dlt_assessment=[
+                    # Recorded first but signed last: the signing order decides, as in the
+                    # DLT report and the escalation.
+                    {
+                        "dlt": signed_last,
+                        "ae_entry_ids": ["adverse_event-1"],
+                        "_signed": True,
+                        "_signed_at": later,
+                    },
+                    {"dlt": signed_first, "ae_entry_ids": ["adverse_event-1"], "_signed": True},
+                ],
+            )
+            ae = ae_rows(study, [casebook])
+            return "AEDLT" in {r["QNAM"] for r in suppae_rows(study, [casebook], ae)}
+
+        assert flagged(signed_first=True, signed_last=False) is False  # re-assessed: no DLT
+        assert flagged(signed_first=False, signed_last=True) is True
 
     def test_pc_not_done_and_elapsed_times(self, study: dict[str, Any]) -> None:
         sample = {
