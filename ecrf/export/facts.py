@@ -19,9 +19,13 @@ class EntryFact:
     version: int
     visit: str
     data: Mapping[str, Any]
-    signed: bool = False
     signed_at: datetime | None = None
     """When the newest signature that still holds was made (None when none holds)."""
+
+    @property
+    def signed(self) -> bool:
+        """Whether a signature holds for the entry's current data."""
+        return self.signed_at is not None
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def casebook_facts(subject: Subject) -> Casebook:
         dose_level=subject.dose_level,
         slot=subject.slot,
         entries=tuple(
-            EntryFact(e.entry_id, e.form, e.version, e.visit, e.data, e.signed, _signed_at(e))
+            EntryFact(e.entry_id, e.form, e.version, e.visit, e.data, _signed_at(e))
             for e in subject.entries.values()
             if not e.voided
         ),

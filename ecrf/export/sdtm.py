@@ -729,11 +729,11 @@ def dlt_entry_ids(casebook: Casebook) -> set[str]:
     signed = [
         (entry.signed_at, order, entry)
         for order, entry in enumerate(casebook.live("dlt_assessment"))
-        if entry.signed and entry.signed_at is not None
+        if entry.signed_at is not None
     ]
     if not signed:
         return set()
-    _, _, latest = max(signed, key=lambda item: (item[0], item[1]))
+    _, _, latest = max(signed, key=lambda item: item[:2])
     if latest.data.get("dlt") is not True:
         return set()
     return {str(i) for i in latest.data.get("ae_entry_ids", [])}

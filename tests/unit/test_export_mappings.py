@@ -87,7 +87,7 @@ def facts(subject_id: str = "CHH-S001", **forms: list[dict[str, Any]]) -> Casebo
             visit = "LOG" if form == "adverse_event" else data.pop("_visit", "SCR")
             signed = bool(data.pop("_signed", False))
             signed_at = data.pop("_signed_at", SIGNED_AT if signed else None)
-            entries.append(EntryFact(f"{form}-{n}", form, 1, visit, data, signed, signed_at))
+            entries.append(EntryFact(f"{form}-{n}", form, 1, visit, data, signed_at))
     return Casebook(subject_id, "CHH", entries=tuple(entries))
 
 
