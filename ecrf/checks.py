@@ -79,6 +79,7 @@ class SoftChecks:
         self.visits = {v["code"]: v for v in study.get("visits", [])}
         self.anchors: Mapping[str, Any] = study.get("anchors", {})
         self.dose_levels = {d["dose_level"]: d for d in study.get("dose_levels", [])}
+        self._anchor_forms = frozenset(str(source["form"]) for source in self.anchors.values())
         self._compared: dict[str, frozenset[str]] = {}
 
     def findings(
@@ -121,11 +122,11 @@ class SoftChecks:
 
     def anchor_forms(self) -> frozenset[str]:
         """The forms that date the anchors visit windows count from."""
-        return frozenset(str(source["form"]) for source in self.anchors.values())
+        return self._anchor_forms
 
     def is_anchor_form(self, form: str) -> bool:
         """Whether entries of ``form`` date an anchor that visit windows count from."""
-        return any(source.get("form") == form for source in self.anchors.values())
+        return form in self._anchor_forms
 
     def visit_window_findings(
         self, entry: CheckedEntry, visit: str, others: Iterable[CheckedEntry]
