@@ -30,7 +30,7 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from functools import cache, lru_cache, singledispatchmethod
 from typing import Any, ClassVar, NamedTuple
 
@@ -211,8 +211,8 @@ def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]
     if dialect == "postgresql" and by_json:
         # Column values as PostgreSQL reads them from JSON: a JSON column's value nested
         # as it is, an instant as RFC 3339 text with its offset (orjson writes it so).
-        with suppress(TypeError):  # a value orjson cannot write: bound one by one below
-            document = orjson.dumps(list(rows)).decode()
+        document = _json_document(list(rows))
+        if document is not None:
             conn.exec_driver_sql(_json_recordset_insert(table, conn.dialect), (document,))
             return
     insert = _bulk_insert(table, conn.dialect)
@@ -222,8 +222,8 @@ def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]
         for row in rows
     ]
     if dialect == "sqlite" and by_json:
-        with suppress(TypeError):
-            document = orjson.dumps(converted).decode()
+        document = _json_document(converted)
+        if document is not None:
             conn.exec_driver_sql(_json_each_insert(table, insert.keys), (document,))
             return
     if insert.positional:
@@ -231,6 +231,18 @@ def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]
     else:
         named = [dict(zip(insert.keys, values, strict=True)) for values in converted]
         conn.exec_driver_sql(insert.sql, named)
+
+
+def _json_document(rows: list[Any]) -> str | None:
+    """The rows as one JSON text; None when a value is one orjson cannot write.
+
+    Such rows are then bound one by one, as before: only the encoding is in doubt, so
+    nothing but ``TypeError`` from orjson is caught.
+    """
+    try:
+        return orjson.dumps(rows).decode()
+    except TypeError:
+        return None
 
 
 # Column types whose values come back from a JSON document exactly as bound: text, whole

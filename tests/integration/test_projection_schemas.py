@@ -36,7 +36,15 @@ from ecrf.domain.access import Actor
 from projections.clinical_facts import ClinicalFacts
 from projections.facts import EntryFacts, fact_tables
 from projections.registry import all_projections, build_runner
-from projections.runner import Projection, ProjectionRunner, make_engine, pending, tracking
+from projections.runner import (
+    Projection,
+    ProjectionRunner,
+    flush_pending,
+    make_engine,
+    pending,
+    tracking,
+    writing,
+)
 from projections.safety import FORMS as SAFETY_FORMS
 from projections.timeline import FORMS as TIMELINE_FORMS
 
@@ -379,5 +387,43 @@ def test_a_failing_projection_holds_back_only_itself(
         assert all(status["lag"] == 0 for status in runner.status())
         rows = dump(engine, flaky_metadata)["flaky_events"]
         assert [row["position"] for row in rows] == list(range(1, head + 1))
+    finally:
+        engine.dispose()
+
+
+wide_metadata = MetaData()
+wide_rows = Table(
+    "wide_values",
+    wide_metadata,
+    Column("key", String(16), primary_key=True),
+    Column("number", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+
+def test_a_batch_orjson_cannot_write_is_bound_row_by_row(settings: Settings) -> None:
+    """Rows normally go in as one JSON document; a value orjson refuses falls back intact."""
+    engine = make_engine(settings.database.sqlalchemy_url())
+    try:
+        wide_metadata.create_all(engine)
+        huge = 2**70  # beyond orjson's 64-bit integers, still a JSON number
+        plain = {"key": "plain", "number": 2**62, "data": {"n": 1.5, "text": "é"}}
+        with writing(engine) as conn:
+            rows = pending(conn)
+            rows.add(wide_rows, "plain", plain)
+            rows.add(wide_rows, "huge", {"key": "huge", "number": 7, "data": {"n": huge}})
+            flush_pending(conn)
+        with writing(engine) as conn:
+            rows = pending(conn)
+            for key in ("a", "b"):
+                rows.add(wide_rows, key, {"key": key, "number": -1, "data": [key, None]})
+            flush_pending(conn)
+        stored = dump(engine, wide_metadata)["wide_values"]
+        assert {row["key"]: (row["number"], row["data"]) for row in stored} == {
+            "a": (-1, ["a", None]),
+            "b": (-1, ["b", None]),
+            "huge": (7, {"n": huge}),
+            "plain": (2**62, {"n": 1.5, "text": "é"}),
+        }
     finally:
         engine.dispose()
