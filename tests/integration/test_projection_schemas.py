@@ -427,3 +427,41 @@ def test_a_batch_orjson_cannot_write_is_bound_row_by_row(settings: Settings) -> 
         }
     finally:
         engine.dispose()
+
+
+class Colliding(Flaky):
+    """At position 5 writes a row under the key position 1 already has: its INSERT fails."""
+
+    def process(self, domain_event: Any, conn: Connection, position: int) -> None:
+        """A pending row per event, keyed by position, except that 5 takes 1's key."""
+        key = 1 if position == 5 and not self.failed else position
+        pending(conn).add(flaky_rows, key, {"position": key, "topic": type(domain_event).__name__})
+
+
+@pytest.mark.parametrize("failing", [Broken, Colliding], ids=["handler", "write"])
+def test_a_rebuild_failing_part_way_keeps_the_batches_it_committed(
+    application: EcrfApplication, settings: Settings, failing: type[Flaky]
+) -> None:
+    """A rebuild commits batch by batch: a failing handler or write stops it after the last."""
+    enter_trial(application, subjects=1)
+    projection = failing()
+    engine = make_engine(settings.database.sqlalchemy_url())
+    try:
+        runner = ProjectionRunner(application.recorder, application.mapper, engine, [projection])
+        runner.batch_size = 2
+        with pytest.raises(Exception):  # noqa: B017 - the handler's or the database's error
+            runner.rebuild()
+        committed = runner.position(projection.name)
+        assert committed == (2 if failing is Broken else 4)
+        rows = dump(engine, flaky_metadata)["flaky_events"]
+        assert [row["position"] for row in rows] == list(range(1, committed + 1))
+        if isinstance(projection, Broken):
+            projection.broken = False
+        projection.failed = True
+        runner.rebuild()
+        head = application.max_position()
+        assert runner.position(projection.name) == head
+        rows = dump(engine, flaky_metadata)["flaky_events"]
+        assert [row["position"] for row in rows] == list(range(1, head + 1))
+    finally:
+        engine.dispose()
