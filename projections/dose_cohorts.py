@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 
 from ecrf.clinical.escalation import COHORT_SIZE
+from ecrf.clinical.values import study_zone
 from ecrf.domain.escalation import (
     Cohort,
     Decision,
@@ -60,7 +61,6 @@ from projections.facts import (
     infusion_of,
     read_facts,
     snapshot,
-    study_zone,
     tracked_position,
 )
 from projections.runner import ProjectionRunner

@@ -13,14 +13,12 @@ functions read them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from functools import singledispatchmethod
 from typing import Any, ClassVar, NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
     JSON,
@@ -36,6 +34,7 @@ from sqlalchemy import (
 )
 
 from ecrf.clinical.grading import crs_grade, icans_grade, ice_score
+from ecrf.clinical.values import parse_instant
 from ecrf.domain.subject import Subject
 from projections.runner import Projection, change_row, pending, remove_row, tracking
 
@@ -308,48 +307,6 @@ def tracked_position(conn: Connection, name: str) -> int:
 
 
 # Study time ----------------------------------------------------------------------------
-
-
-def study_zone(study: Mapping[str, Any]) -> tzinfo:
-    """The study's time zone: clinical days are calendar days there."""
-    try:
-        return ZoneInfo(str(study.get("timezone") or "UTC"))
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def parse_day(value: Any) -> date | None:
-    """An ISO date field, or None when absent or not a date."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-
-
-def parse_instant(value: Any, zone: tzinfo) -> datetime | None:
-    """An ISO date-time field as an aware instant (a zoneless one is taken as study time)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
-
-
-def number(value: Any) -> float | None:
-    """A finite JSON number as float; None for anything else (booleans included)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    result = float(value)
-    return result if math.isfinite(result) else None
-
-
-def finite(value: float | None) -> float | None:
-    """None for NaN and infinities, which JSON cannot carry."""
-    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,11 @@ from datetime import date
 from typing import Any
 
 from ecrf.clinical.mrd import mrd_course
+from ecrf.clinical.values import parse_day, study_zone
 from projections.facts import (
     ReportTable,
     SubjectFacts,
     dose_level_of,
-    parse_day,
-    study_zone,
 )
 
 MRD_COLUMNS = (

@@ -32,6 +32,7 @@ from ecrf.clinical.nca import (
     nca,
     profile_points,
 )
+from ecrf.clinical.values import number, parse_instant, study_zone
 from projections.facts import (
     Infusion,
     ReportTable,
@@ -39,9 +40,6 @@ from projections.facts import (
     dose_level_of,
     dose_levels,
     infusion_of,
-    number,
-    parse_instant,
-    study_zone,
 )
 
 PK_COLUMNS = (

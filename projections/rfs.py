@@ -25,14 +25,12 @@ from datetime import date
 from typing import Any
 
 from ecrf.clinical.survival import kaplan_meier
+from ecrf.clinical.values import finite, parse_day, study_zone
 from projections.facts import (
     ReportTable,
     SubjectFacts,
     dose_level_of,
-    finite,
     infusion_of,
-    parse_day,
-    study_zone,
 )
 
 RFS_COLUMNS = (

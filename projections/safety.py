@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecrf.clinical.values import number, parse_day, study_zone
 from projections.facts import (
     EntryFact,
     Infusion,
@@ -45,10 +46,7 @@ from projections.facts import (
     dose_levels,
     icans_grade_of,
     infusion_of,
-    number,
-    parse_day,
     study_day,
-    study_zone,
 )
 
 CRS_TERM = "Cytokine release syndrome"

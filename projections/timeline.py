@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any
 
+from ecrf.clinical.values import number, parse_day, parse_instant, study_zone
 from projections.facts import (
     EntryFact,
     Infusion,
@@ -23,11 +24,7 @@ from projections.facts import (
     dose_level_of,
     icans_grade_of,
     infusion_of,
-    number,
-    parse_day,
-    parse_instant,
     study_day,
-    study_zone,
 )
 
 COLUMNS = ("date", "study_day", "category", "what", "form", "visit", "entry_id")

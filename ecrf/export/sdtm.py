@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ecrf.clinical.nca import LINEAR_UP_LOG_DOWN, Sample, nca, profile_points
+from ecrf.clinical.values import number, parse_instant, study_zone
 from ecrf.export.facts import Casebook, EntryFact
 
 CHAR = "Char"
@@ -414,32 +414,6 @@ def local_dtc(value: Any, zone: tzinfo) -> str | None:
     return text if local.utcoffset() == moment.utcoffset() else local.isoformat()
 
 
-def study_zone(study: Mapping[str, Any]) -> tzinfo:
-    """The study's time zone (clinical days are calendar days there)."""
-    try:
-        return ZoneInfo(str(study.get("timezone") or "UTC"))
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-def instant(value: Any, zone: tzinfo) -> datetime | None:
-    """An ISO date-time as an aware instant (a zoneless one is taken as study time)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    result = float(value)
-    return result if math.isfinite(result) else None
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -501,16 +475,16 @@ class Visits:
 
     def __init__(self, study: Mapping[str, Any]) -> None:
         self._visits = {
-            str(v["code"]): (float(number), str(v.get("label") or v["code"]))
-            for number, v in enumerate(study.get("visits", []), start=1)
+            str(v["code"]): (float(order), str(v.get("label") or v["code"]))
+            for order, v in enumerate(study.get("visits", []), start=1)
         }
 
     def fields(self, code: str) -> dict[str, Any]:
         """VISITNUM and VISIT of a visit code (log forms have none)."""
         if code == "LOG" or code not in self._visits:
             return {"VISITNUM": None, "VISIT": None}
-        number, label = self._visits[code]
-        return {"VISITNUM": number, "VISIT": label}
+        order, label = self._visits[code]
+        return {"VISITNUM": order, "VISIT": label}
 
 
 def _sequenced(
@@ -599,8 +573,8 @@ def dm_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                 "DTHDTC": ref.dtc(death),
                 "DTHFL": "Y" if death else None,
                 "SITEID": casebook.site,
-                "AGE": _number(demo.get("age")),
-                "AGEU": "YEARS" if _number(demo.get("age")) is not None else None,
+                "AGE": number(demo.get("age")),
+                "AGEU": "YEARS" if number(demo.get("age")) is not None else None,
                 "SEX": _text(demo.get("sex")),
                 "RACE": _text(demo.get("race")),
                 "ETHNIC": ETHNICITY.get(str(demo.get("ethnic_group"))),
@@ -639,8 +613,8 @@ def ex_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
 
         for entry in casebook.live("cart_infusion"):
             data = entry.data
-            dose = _number(data.get("cells_per_kg"))
-            cells, weight = _number(data.get("total_car_t_cells")), _number(data.get("weight_kg"))
+            dose = number(data.get("cells_per_kg"))
+            cells, weight = number(data.get("total_car_t_cells")), number(data.get("weight_kg"))
             if dose is None and cells is not None and weight:
                 dose = cells / weight
             start = ref.dtc(data.get("infusion_datetime"))
@@ -680,8 +654,8 @@ def ex_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                     entry,
                     EXTRT=name,
                     EXCAT="LYMPHODEPLETING CHEMOTHERAPY",
-                    EXDOSE=_number(dose),
-                    EXDOSU="mg/m2" if _number(dose) is not None else None,
+                    EXDOSE=number(dose),
+                    EXDOSU="mg/m2" if number(dose) is not None else None,
                     EXDOSFRM="INJECTION",
                     EXDOSFRQ="QD",
                     EXROUTE="INTRAVENOUS",
@@ -858,7 +832,7 @@ def _pk_test(method: str) -> tuple[str, str, str]:
 
 def elapsed(nominal_day: Any) -> str | None:
     """Planned elapsed time from infusion as an ISO 8601 duration (days, else hours)."""
-    day = _number(nominal_day)
+    day = number(nominal_day)
     if day is None:
         return None
     if day.is_integer():
@@ -881,7 +855,7 @@ def pc_rows(
                 value_field, blq_field = str(spec["value_field"]), str(spec["blq_field"])
                 prefix = value_field.split("_", 1)[0]
                 testcd, test, technique = _pk_test(method)
-                value = _number(data.get(value_field))
+                value = number(data.get(value_field))
                 blq = data.get(blq_field) is True
                 not_done = data.get(f"{prefix}_not_done") is True
                 if value is None and not blq and not not_done:
@@ -889,7 +863,7 @@ def pc_rows(
                 unit = unit_of("pk_sample", value_field)
                 # The entry's own LLOQ (a lab reporting another one) before the study's.
                 lloq = _lloq_field(data, prefix)
-                lloq = lloq if lloq is not None else _number(spec.get("lloq"))
+                lloq = lloq if lloq is not None else number(spec.get("lloq"))
                 row: dict[str, Any] = {
                     "STUDYID": ref.studyid,
                     "DOMAIN": "PC",
@@ -903,14 +877,14 @@ def pc_rows(
                     **visits.fields(entry.visit),
                     "PCDTC": ref.dtc(data.get("sample_datetime")),
                     "PCDY": ref.day(data.get("sample_datetime")),
-                    "PCTPTNUM": _number(data.get("nominal_day")),
+                    "PCTPTNUM": number(data.get("nominal_day")),
                     "PCTPTREF": "CAR-T INFUSION",
                     "PCRFTDTC": ref.rfstdtc,
                 }
                 if data.get("pre_infusion") is True:
                     row["PCTPT"] = "PRE-INFUSION"
                 else:
-                    nominal = _number(data.get("nominal_day"))
+                    nominal = number(data.get("nominal_day"))
                     row["PCTPT"] = f"DAY {nominal:g}" if nominal is not None else None
                     row["PCELTM"] = elapsed(nominal)
                 if not_done:
@@ -934,7 +908,7 @@ def pc_rows(
 def _lloq_field(data: Mapping[str, Any], prefix: str) -> float | None:
     for key, value in data.items():
         if key.startswith(f"{prefix}_lloq"):
-            return _number(value)
+            return number(value)
     return None
 
 
@@ -950,15 +924,15 @@ def pk_profile(
         (
             Sample(
                 moment,
-                _number(data.get(method["value_field"])),
+                number(data.get(method["value_field"])),
                 data.get(method["blq_field"]) is True,
-                _number(data.get(method.get("lloq_field", ""))),
+                number(data.get(method.get("lloq_field", ""))),
             )
             for data in samples
-            if (moment := instant(data.get("sample_datetime"), zone)) is not None
+            if (moment := parse_instant(data.get("sample_datetime"), zone)) is not None
         ),
         infusion_at,
-        _number(method.get("lloq")),
+        number(method.get("lloq")),
     )
 
 
@@ -976,7 +950,7 @@ def pp_rows(
         ref = reference(study, casebook)
         if ref.infusion is None:
             continue
-        infusion_at = instant(ref.infusion.data.get("infusion_datetime"), zone)
+        infusion_at = parse_instant(ref.infusion.data.get("infusion_datetime"), zone)
         if infusion_at is None:
             continue
         samples = [e.data for e in casebook.live("pk_sample")]
@@ -1082,7 +1056,7 @@ def is_rows(study: Mapping[str, Any], casebooks: Sequence[Casebook]) -> list[dic
                     entry, "sample_date", TESTCD="ADA", TEST="Anti-Drug Antibody",
                     SPEC="SERUM", **_stated(result),
                 )  # fmt: skip
-            titre = _number(data.get("titre"))
+            titre = number(data.get("titre"))
             if titre is not None:
                 found.add(
                     entry, "sample_date", TESTCD="ADATITER", TEST="Anti-Drug Antibody Titer",
@@ -1107,7 +1081,7 @@ def lb_rows(
         found = _Findings("LB", reference(study, casebook), visits, rows)
         for entry in casebook.live("labs"):
             for field_name, testcd, test, category in LAB_TESTS:
-                value = _number(entry.data.get(field_name))
+                value = number(entry.data.get(field_name))
                 if value is None:
                     continue
                 unit = unit_of("labs", field_name)
@@ -1131,7 +1105,7 @@ def lb_rows(
                     entry, "sample_date", TESTCD="CTDNA", TEST="Circulating Tumor DNA",
                     **ctdna, **_stated(result),
                 )  # fmt: skip
-            quantity = _number(data.get("mtm_per_ml"))
+            quantity = number(data.get("mtm_per_ml"))
             if quantity is not None:
                 unit = unit_of("ctdna_result", "mtm_per_ml")
                 found.add(
@@ -1148,7 +1122,7 @@ def lb_rows(
                     entry, "sample_date", TESTCD="RCL", TEST="Replication Competent Lentivirus",
                     **rcl, **_stated(result),
                 )  # fmt: skip
-            copies = _number(data.get("vsvg_copies_per_ug"))
+            copies = number(data.get("vsvg_copies_per_ug"))
             if copies is not None:
                 unit = unit_of("rcl_test", "vsvg_copies_per_ug")
                 found.add(

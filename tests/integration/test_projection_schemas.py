@@ -449,7 +449,7 @@ def test_a_rebuild_failing_part_way_keeps_the_batches_it_committed(
     try:
         runner = ProjectionRunner(application.recorder, application.mapper, engine, [projection])
         runner.batch_size = 2
-        with pytest.raises(Exception):  # noqa: B017 - the handler's or the database's error
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the handler's or the database's error
             runner.rebuild()
         committed = runner.position(projection.name)
         assert committed == (2 if failing is Broken else 4)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from ecrf.application import EcrfApplication
 from ecrf.cli import app as cli
+from ecrf.clinical.values import study_zone
 from ecrf.commands import (
     CorrectEntry,
     CreateUser,
@@ -31,7 +32,10 @@ from ecrf.domain.escalation import EscalationRules
 from projections.as_of import replay_as_of
 from projections.clinical_facts import ClinicalFacts
 from projections.dose_cohorts import DoseCohorts, load_dose_cohorts
-from projections.facts import dose_level_of, read_facts, study_zone
+from projections.facts import (
+    dose_level_of,
+    read_facts,
+)
 from projections.reading import load_facts
 from projections.registry import build_runner
 from projections.runner import ProjectionRunner
