@@ -7,7 +7,7 @@ turns them into rows. Site-bound roles see only their sites' subjects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -140,6 +140,44 @@ def _pk_method(study: Mapping[str, Any], method: str | None) -> str:
     return method
 
 
+def _study_report(
+    name: str,
+    path: str,
+    model: type[Any],
+    forms: frozenset[str],
+    build: Callable[[list[SubjectFacts], Mapping[str, Any]], ReportTable],
+    description: str,
+) -> None:
+    """Route a whole-study report: its facts, as they are or at ``as_of``, through ``build``.
+
+    The safety and efficacy tables differ only in these arguments; the route keeps the
+    function name it was declared with before (``name``), so its operation id is unchanged.
+    """
+
+    def report(
+        application: App,
+        runner: Projections,
+        actor: CurrentActor,
+        as_of: AsOf = None,
+        fmt: Format = "json",
+        table: TableName = ROWS,
+    ) -> Response:
+        facts, position = _facts(runner, actor, forms, as_of)
+        built = build(facts, application.forms.study)
+        filename = path.rsplit("/", 1)[-1]
+        return _respond(built, position, as_of, fmt, filename, name=table)
+
+    router.add_api_route(
+        path,
+        report,
+        methods=["GET"],
+        name=name,
+        description=description,
+        response_model=model,
+        responses=CSV,
+    )
+
+
 @router.get(
     "/subjects/{subject_id}/timeline",
     response_model=TimelineReport,
@@ -171,64 +209,44 @@ def timeline(
     return _respond(replace(table, summary=None), position, as_of, fmt, "timeline", header, name)
 
 
-@router.get("/reports/safety/teae", response_model=TeaeReport, responses=CSV)
-def teae(
-    application: App,
-    runner: Projections,
-    actor: CurrentActor,
-    as_of: AsOf = None,
-    fmt: Format = "json",
-    name: TableName = ROWS,
-) -> Response:
-    """Treatment-emergent AEs in days 0-28, per subject; summary per dose level and term."""
-    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
-    table = teae_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "teae", name=name)
+_study_report(
+    "teae",
+    "/reports/safety/teae",
+    TeaeReport,
+    SAFETY_FORMS,
+    teae_report,
+    "Treatment-emergent AEs in days 0-28, per subject; summary per dose level and term.",
+)
 
 
-@router.get("/reports/safety/crs-icans", response_model=CrsIcansReport, responses=CSV)
-def crs_icans(
-    application: App,
-    runner: Projections,
-    actor: CurrentActor,
-    as_of: AsOf = None,
-    fmt: Format = "json",
-    name: TableName = ROWS,
-) -> Response:
-    """CRS and ICANS per treated subject: worst grade, onset day, duration (days 0-28)."""
-    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
-    table = crs_icans_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "crs-icans", name=name)
+_study_report(
+    "crs_icans",
+    "/reports/safety/crs-icans",
+    CrsIcansReport,
+    SAFETY_FORMS,
+    crs_icans_report,
+    "CRS and ICANS per treated subject: worst grade, onset day, duration (days 0-28).",
+)
 
 
-@router.get("/reports/safety/dlt", response_model=DltReport, responses=CSV)
-def dlt(
-    application: App,
-    runner: Projections,
-    actor: CurrentActor,
-    as_of: AsOf = None,
-    fmt: Format = "json",
-    name: TableName = ROWS,
-) -> Response:
-    """Per dose level: treated, evaluable and DLT counts from signed DLT assessments."""
-    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
-    table = dlt_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "dlt", name=name)
+_study_report(
+    "dlt",
+    "/reports/safety/dlt",
+    DltReport,
+    SAFETY_FORMS,
+    dlt_report,
+    "Per dose level: treated, evaluable and DLT counts from signed DLT assessments.",
+)
 
 
-@router.get("/reports/safety/rcl-ada", response_model=RclAdaReport, responses=CSV)
-def rcl_ada(
-    application: App,
-    runner: Projections,
-    actor: CurrentActor,
-    as_of: AsOf = None,
-    fmt: Format = "json",
-    name: TableName = ROWS,
-) -> Response:
-    """Every RCL and ADA test result."""
-    facts, position = _facts(runner, actor, SAFETY_FORMS, as_of)
-    table = rcl_ada_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "rcl-ada", name=name)
+_study_report(
+    "rcl_ada",
+    "/reports/safety/rcl-ada",
+    RclAdaReport,
+    SAFETY_FORMS,
+    rcl_ada_report,
+    "Every RCL and ADA test result.",
+)
 
 
 @router.get("/reports/pk", response_model=PkReport, responses=CSV)
@@ -268,34 +286,24 @@ def pk_png(
     return Response(image, media_type="image/png", headers={"X-Log-Position": str(position)})
 
 
-@router.get("/reports/efficacy/mrd", response_model=MrdReport, responses=CSV)
-def mrd(
-    application: App,
-    runner: Projections,
-    actor: CurrentActor,
-    as_of: AsOf = None,
-    fmt: Format = "json",
-    name: TableName = ROWS,
-) -> Response:
-    """ctDNA course, clearance, molecular relapse and imaging recurrence per subject."""
-    facts, position = _facts(runner, actor, MRD_FORMS, as_of)
-    table = mrd_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "mrd", name=name)
+_study_report(
+    "mrd",
+    "/reports/efficacy/mrd",
+    MrdReport,
+    MRD_FORMS,
+    mrd_report,
+    "ctDNA course, clearance, molecular relapse and imaging recurrence per subject.",
+)
 
 
-@router.get("/reports/efficacy/rfs", response_model=RfsReport, responses=CSV)
-def rfs(
-    application: App,
-    runner: Projections,
-    actor: CurrentActor,
-    as_of: AsOf = None,
-    fmt: Format = "json",
-    name: TableName = ROWS,
-) -> Response:
-    """RFS time and event per treated subject; Kaplan-Meier curve and 24-month rate."""
-    facts, position = _facts(runner, actor, RFS_FORMS, as_of)
-    table = rfs_report(facts, application.forms.study)
-    return _respond(table, position, as_of, fmt, "rfs", name=name)
+_study_report(
+    "rfs",
+    "/reports/efficacy/rfs",
+    RfsReport,
+    RFS_FORMS,
+    rfs_report,
+    "RFS time and event per treated subject; Kaplan-Meier curve and 24-month rate.",
+)
 
 
 @router.get("/reports/efficacy/rfs/plot.png", response_class=Response, responses=PNG)
