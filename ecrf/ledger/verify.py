@@ -469,18 +469,23 @@ class Verifier:
                 self._reinserted(gap, record)
         else:
             before = tip.hash if tip is not None else GENESIS
+
+            def remember(missing: int) -> None:
+                # What the missing event must link to and hash to, were it to turn up.
+                self._gaps[(stream, missing)] = _Gap(
+                    problem=len(self.problems),
+                    prev=before if missing == last + 1 else None,
+                    hash=prev if missing == version - 1 else None,
+                    before=position,
+                )
+
             absent = range(last + 1, version)
             if len(absent) > MAX_LISTED_GAP:
                 # A forged version number must not make the verifier list (and hold)
                 # millions of problems: name the two ends of the gap only.
                 absent = range(0)
                 for missing in (last + 1, version - 1):
-                    self._gaps[(stream, missing)] = _Gap(
-                        problem=len(self.problems),
-                        prev=before if missing == last + 1 else None,
-                        hash=prev if missing == version - 1 else None,
-                        before=position,
-                    )
+                    remember(missing)
                 self.problems.append(
                     Problem(
                         Kind.MISSING_EVENT,
@@ -493,12 +498,7 @@ class Verifier:
                     )
                 )
             for missing in absent:
-                self._gaps[(stream, missing)] = _Gap(
-                    problem=len(self.problems),
-                    prev=before if missing == last + 1 else None,
-                    hash=prev if missing == version - 1 else None,
-                    before=position,
-                )
+                remember(missing)
                 self.problems.append(
                     Problem(
                         Kind.MISSING_EVENT,
