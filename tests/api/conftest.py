@@ -10,9 +10,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ecrf.api.app import create_app
+from ecrf.application import EcrfApplication
+from ecrf.commands import CreateUser
 from ecrf.config import Settings
 
 PASSWORD = "correct horse battery"
+# One account per clinical role (username, roles, sites), made for every API test.
+ROLE_ACCOUNTS: tuple[tuple[str, list[str], list[str]], ...] = (
+    ("crc", ["site_staff"], ["CHH"]),
+    ("pi", ["investigator"], ["CHH"]),
+    ("cra", ["monitor"], ["CHH"]),
+    ("dm", ["data_manager"], []),
+    ("src", ["safety_reviewer"], []),
+    ("fda", ["regulator"], []),
+)
 
 
 @dataclass
@@ -84,14 +95,23 @@ def api(api_settings: Settings) -> Iterator[Api]:
     """The real server in-process, with an admin and one user per clinical role at CHH."""
     with TestClient(create_app(api_settings)) as client:
         harness = Api(client)
-        harness.user("crc", ["site_staff"])
-        harness.user("pi", ["investigator"])
-        harness.user("cra", ["monitor"])
-        harness.user("dm", ["data_manager"], [])
-        harness.user("src", ["safety_reviewer"], [])
-        harness.user("fda", ["regulator"], [])
+        # The accounts are made and logged in through the application, not over HTTP:
+        # the same commands and events, without thirteen round trips through the test
+        # client before every API test (the routes themselves are tested in test_identity).
+        application: EcrfApplication = client.app.state.application  # type: ignore[attr-defined]
+        admin = application.actor_for_token(application.tokens.issue("admin"))
+        for username, roles, sites in ROLE_ACCOUNTS:
+            account = CreateUser(
+                username=username,
+                full_name=username.title(),
+                password=PASSWORD,
+                roles=roles,
+                sites=sites,
+            )
+            application.create_user(admin, account)
         # Logins are recorded as events; log everyone in now so that tests comparing
         # log positions before and after a refused request see only that request.
-        for username in ("admin", "crc", "pi", "cra", "dm", "src", "fda"):
-            harness.headers(username)
+        for username in ("admin", *(account[0] for account in ROLE_ACCOUNTS)):
+            application.authenticate(username, PASSWORD)
+            harness.tokens[username] = application.tokens.issue(username)
         yield harness
