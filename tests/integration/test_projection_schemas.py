@@ -465,3 +465,23 @@ def test_a_rebuild_failing_part_way_keeps_the_batches_it_committed(
         assert [row["position"] for row in rows] == list(range(1, head + 1))
     finally:
         engine.dispose()
+
+
+def test_a_table_dropped_by_hand_is_created_again_at_start(
+    application: EcrfApplication, settings: Settings
+) -> None:
+    """Start-up reads the catalogue once; a missing table of a known projection returns."""
+    runner = build_runner(application, settings)
+    expected = {table for p in runner.projections.values() for table in p.metadata.tables}
+    try:
+        assert expected <= tables_in(runner.engine)
+        with runner.engine.begin() as conn:
+            conn.execute(text("DROP TABLE query_list"))
+    finally:
+        runner.engine.dispose()
+    restarted = build_runner(application, settings)
+    try:
+        assert expected <= tables_in(restarted.engine)
+        assert restarted.reset_at_start == []
+    finally:
+        restarted.engine.dispose()
