@@ -22,6 +22,22 @@ POSTGRES_URL = os.environ.get("ECRF_TEST_POSTGRES_URL", "")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# Modules whose tests take tens of seconds each (kill -9 cycles, whole simulated trials,
+# servers in subprocesses, the schemathesis fuzz). They run first: left where they fall,
+# one of them could start last and keep one worker busy for a minute after the other ends.
+SLOW_FIRST = (
+    "tests/reliability/",
+    "tests/integration/test_demo.py",
+    "tests/integration/test_serve.py",
+    "tests/fuzz/test_openapi_fuzz.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the slow modules first (a stable sort: every worker gets the same order)."""
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Under CI, PostgreSQL is required: fail early instead of skipping."""
     if IN_CI and not POSTGRES_URL:
