@@ -154,6 +154,8 @@ def _study_report(
     function name it was declared with before (``name``), so its operation id is unchanged.
     """
 
+    filename = path.rsplit("/", 1)[-1]
+
     def report(
         application: App,
         runner: Projections,
@@ -164,7 +166,6 @@ def _study_report(
     ) -> Response:
         facts, position = _facts(runner, actor, forms, as_of)
         built = build(facts, application.forms.study)
-        filename = path.rsplit("/", 1)[-1]
         return _respond(built, position, as_of, fmt, filename, name=table)
 
     router.add_api_route(
