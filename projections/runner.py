@@ -154,11 +154,19 @@ class PendingRows:
         return rows is not None and rows.pop(key, None) is not None
 
     def write(self, conn: Connection) -> None:
-        """INSERT every pending row, one executemany per table."""
-        for table, rows in self._rows.items():
-            if rows:
-                _insert_many(conn, table, list(rows.values()))
+        """INSERT every pending row, one statement per table."""
+        for statement in self.statements(conn.dialect):
+            conn.exec_driver_sql(statement.sql, statement.parameters)
+
+    def statements(self, dialect: Dialect) -> list[_Statement]:
+        """The INSERTs of every pending row, one per table; the rows are then forgotten."""
+        statements = [
+            _insert_statement(dialect, table, list(rows.values()))
+            for table, rows in self._rows.items()
+            if rows
+        ]
         self._rows.clear()
+        return statements
 
 
 def pending(conn: Connection) -> PendingRows:
@@ -197,8 +205,17 @@ def _bulk_insert(table: Table, dialect: Dialect) -> _BulkInsert:
     )
 
 
-def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (each with every column), all in one statement where the engine can.
+class _Statement(NamedTuple):
+    """SQL for the driver, with one set of parameters (a tuple) or many (a list)."""
+
+    sql: str
+    parameters: Any
+
+
+def _insert_statement(
+    dialect: Dialect, table: Table, rows: Collection[dict[str, Any]]
+) -> _Statement:
+    """The INSERT of ``rows``, with its parameters converted for the driver.
 
     ``conn.execute(table.insert(), rows)`` builds each row's parameters through SQLAlchemy's
     per-statement machinery, and a driver's executemany then binds them row by row in
@@ -207,31 +224,28 @@ def _insert_many(conn: Connection, table: Table, rows: Collection[dict[str, Any]
     the GIL) and PostgreSQL's ``json_populate_recordset`` (in the server's own process).
     Both leave the values exactly as the bound parameters would have.
     """
-    dialect = conn.dialect.name
     by_json = len(rows) > 1 and _travels_as_json(table)
-    if dialect == "postgresql" and by_json:
+    if dialect.name == "postgresql" and by_json:
         # Column values as PostgreSQL reads them from JSON: a JSON column's value nested
         # as it is, an instant as RFC 3339 text with its offset (orjson writes it so).
         document = _json_document(list(rows))
         if document is not None:
-            conn.exec_driver_sql(_json_recordset_insert(table, conn.dialect), (document,))
-            return
-    insert = _bulk_insert(table, conn.dialect)
+            return _Statement(_json_recordset_insert(table, dialect), (document,))
+    insert = _bulk_insert(table, dialect)
     pairs = tuple(zip(insert.keys, insert.converters, strict=True))
     converted = [
         tuple(row[key] if convert is None else convert(row[key]) for key, convert in pairs)
         for row in rows
     ]
-    if dialect == "sqlite" and by_json:
+    if dialect.name == "sqlite" and by_json:
         document = _json_document(converted)
         if document is not None:
-            conn.exec_driver_sql(_json_each_insert(table, insert.keys), (document,))
-            return
+            return _Statement(_json_each_insert(table, insert.keys), (document,))
     if insert.positional:
-        conn.exec_driver_sql(insert.sql, converted)
-    else:
-        named = [dict(zip(insert.keys, values, strict=True)) for values in converted]
-        conn.exec_driver_sql(insert.sql, named)
+        return _Statement(insert.sql, converted)
+    return _Statement(
+        insert.sql, [dict(zip(insert.keys, values, strict=True)) for values in converted]
+    )
 
 
 def _json_document(rows: list[Any]) -> str | None:
@@ -593,6 +607,13 @@ class ProjectionRunner:
         projection together), each event going to the handlers its type has among those
         projections still behind it; rows pending per table are written once at the end.
         """
+        self._handle(conn, projections, events)
+        flush_pending(conn)
+
+    def _handle(
+        self, conn: Connection, projections: Sequence[Projection], events: Iterable[tuple[int, Any]]
+    ) -> None:
+        """``_apply`` but for writing the pending rows, which the caller does."""
         behind: dict[str, int] = {}
         for projection in projections:
             query = select(tracking.c.position).where(tracking.c.name == projection.name)
@@ -617,7 +638,6 @@ class ProjectionRunner:
             for name, handle in chosen:
                 if together or notification_id > behind[name]:
                     handle(domain_event, conn, notification_id)
-        flush_pending(conn)
         for name, position in behind.items():
             if last > position:
                 # The row exists (see __init__): a cached UPDATE, not an upsert per batch.
@@ -665,23 +685,33 @@ class ProjectionRunner:
             with (
                 writer(self.engine) as conn,
                 _bulk_writes(conn),
-                # The next batch is read while this one is decoded and written: SQLite
-                # inserts a table's rows in one call and commits outside the GIL.
-                ThreadPoolExecutor(1, thread_name_prefix="rebuild-read") as reader,
+                # Batch N's rows are inserted and committed in this thread while batch N+1
+                # is read and decoded: both databases do that work outside the GIL.
+                ThreadPoolExecutor(1, thread_name_prefix="rebuild-write") as committer,
             ):
-                upcoming: Future[Sequence[Notification]] | None = reader.submit(self._read, 0, None)
-                while upcoming is not None:
-                    notifications = upcoming.result()
-                    if not notifications:
-                        break
+                written: Future[None] | None = None
+                notifications = self._read(0, None)
+                while notifications:
+                    events = list(self._decoded(notifications))
+                    if written is not None:
+                        # Handlers read and change the rows earlier batches wrote.
+                        written.result()
+                        if progress is not None:
+                            progress(min(position, total), max(total, position))
+                    transaction = conn.begin()
+                    try:
+                        self._handle(conn, chosen, events)
+                        rows: PendingRows | None = conn.info.pop(_PENDING, None)
+                        inserts = rows.statements(conn.dialect) if rows is not None else []
+                    except BaseException:
+                        transaction.rollback()
+                        raise
+                    written = committer.submit(_commit, conn, transaction, inserts)
                     full = len(notifications) == self.batch_size
-                    after = notifications[-1].id
-                    upcoming = reader.submit(self._read, after, None) if full else None
-                    with conn.begin():
-                        self._apply(conn, chosen, self._decoded(notifications))
-                    position = after
-                    if progress is not None:
-                        progress(min(position, total), max(total, position))
+                    position = notifications[-1].id
+                    notifications = self._read(position, None) if full else []
+                if written is not None:
+                    written.result()
             if progress is not None:
                 progress(max(total, position), max(total, position))
 
@@ -734,6 +764,17 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+def _commit(conn: Connection, transaction: Any, inserts: Sequence[_Statement]) -> None:
+    """Run a batch's INSERTs and commit its transaction; roll it back if either fails."""
+    try:
+        for statement in inserts:
+            conn.exec_driver_sql(statement.sql, statement.parameters)
+        transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
 
 
 def _upsert(conn: Connection) -> Any:
