@@ -18,6 +18,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     OperationalError,
     Recording,
+    Transcoder,
 )
 
 from ecrf.checks import Finding, SoftChecks, derive
@@ -82,7 +83,7 @@ from ecrf.domain.subject import (
 from ecrf.domain.user import User
 from ecrf.forms import FormRegistry, FormVersion, load_forms
 from ecrf.ledger.service import LedgerService
-from ecrf.persistence import ChainedEventStore, EventTable
+from ecrf.persistence import ChainedEventStore, EventTable, StoredStateTranscoder
 from ecrf.security import Passwords, TokenService
 
 T = TypeVar("T")
@@ -163,6 +164,12 @@ class EcrfApplication(Application[UUID]):
         self._seed_study()
         if settings.bootstrap_admin:
             self.bootstrap_admin(settings.bootstrap_admin)
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's transcodings, with stored states read by orjson where it may."""
+        transcoder = StoredStateTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_event_store(self) -> EventStore[UUID]:
         """Every event is hash-chained onto its stream before it is stored."""

@@ -1,4 +1,4 @@
-"""Comparing read-model rows across backends."""
+"""Comparing read-model rows across backends, and decoded values type for type."""
 
 from __future__ import annotations
 
@@ -15,3 +15,12 @@ def comparable(row: Mapping[Any, Any]) -> dict[Any, Any]:
         else value
         for key, value in row.items()
     }
+
+
+def typed(value: Any) -> Any:
+    """``value`` with every type spelled out, so that 1 and 1.0 or True and 1 differ."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [type(value).__name__, *(typed(item) for item in value)]
+    return (type(value).__name__, value)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from eventsourcing.persistence import JSONTranscoder, Mapper
 from typer.testing import CliRunner
 
 from ecrf.application import EcrfApplication
@@ -30,6 +31,7 @@ from ecrf.demo.defaults import DEFAULT_SEED, DEMO_ACCOUNTS, DEMO_PASSWORD, STUDY
 from ecrf.demo.trial import DemoResult, StoreNotEmptyError, run_demo
 from ecrf.persistence import DatabaseUrl
 from tests.conftest import POSTGRES_URL
+from tests.rows import typed
 
 SEED = DEFAULT_SEED
 READER = next(a for a in DEMO_ACCOUNTS if a.username == "datamanager").actor
@@ -95,6 +97,8 @@ class Trial:
     queries: list[tuple[str, str, str, bool, tuple[str, ...]]]
     signed: dict[str, int]
     backend: str
+    stored_types: set[str]
+    """The event types stored, each event read back as the library's own decoder reads it."""
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that must be equal for equal seeds (ids and timestamps aside)."""
@@ -113,6 +117,30 @@ class Trial:
             "casebooks": self.casebooks,
             "queries": self.queries,
         }
+
+
+def read_as_the_library_reads(application: EcrfApplication) -> set[str]:
+    """The topics in the log, after checking every event decodes as the library's mapper has it.
+
+    The application reads stored states with its own transcoder (orjson where it may); the
+    library's JSON transcoder, with the same transcodings, is the reference.
+    """
+    library = JSONTranscoder()
+    application.register_transcodings(library)
+    reference = Mapper(transcoder=library)
+    topics = set()
+    position = 0
+    while notifications := application.recorder.select_notifications(
+        start=position, limit=500, inclusive_of_start=False
+    ):
+        for notification in notifications:
+            ours = application.mapper.to_domain_event(notification)
+            theirs = reference.to_domain_event(notification)
+            assert type(ours) is type(theirs)
+            assert typed(vars(ours)) == typed(vars(theirs)), notification.topic
+            topics.add(notification.topic)
+        position = notifications[-1].id
+    return topics
 
 
 def simulate(url: str, folder: Path, seed: int = SEED, *, backend: str) -> Trial:
@@ -135,6 +163,7 @@ def simulate(url: str, folder: Path, seed: int = SEED, *, backend: str) -> Trial
                 for q in subject.queries.values()
             ]
             signed[subject_id] = sum(1 for e in subject.entries.values() if e.signed)
+        stored_types = read_as_the_library_reads(application)
         return Trial(
             result=result,
             decisions=list(escalation.decisions),
@@ -147,6 +176,7 @@ def simulate(url: str, folder: Path, seed: int = SEED, *, backend: str) -> Trial
             queries=queries,
             signed=signed,
             backend=backend,
+            stored_types=stored_types,
         )
     finally:
         application.close()
@@ -259,6 +289,23 @@ class TestTheSimulatedTrial:
         assert 0 < rate["lower"] <= rate["estimate"] <= rate["upper"] < 1
         assert any(r["event_type"] == "recurrence" for r in rfs.rows)
         assert any(not r["event"] for r in rfs.rows)
+
+
+def test_every_stored_event_reads_back_as_the_library_reads_it(trial: Trial) -> None:
+    """Checked event by event while simulating; here, that the log held every kind."""
+    kinds = {topic.rpartition(".")[2] for topic in trial.stored_types}
+    assert {
+        "Registered",
+        "EntryRecorded",
+        "EntryCorrected",
+        "EntryVoided",
+        "EntrySigned",
+        "QueryOpened",
+        "QueryClosed",
+        "SlotAssigned",
+        "OutcomeRecorded",
+        "DecisionRecorded",
+    } <= kinds
 
 
 def test_the_same_seed_gives_the_same_trial(trial: Trial, tmp_path: Path) -> None:
