@@ -5,12 +5,14 @@ transaction, so a crash between the two is impossible and a restart resumes exac
 where the last committed batch ended. SQLite has no LISTEN, so the runner polls; a read
 can also call ``catch_up`` first to see its own writes.
 
-A batch's new rows are collected in ``PendingRows`` and written with one executemany per
+A batch's new rows are collected in ``PendingRows`` and written with one statement per
 table just before the tracking position moves (events of the same batch that change such a
 row change it in memory first); statement construction per row, not the database, was
-what a rebuild spent its time on. A projection's table definitions are fingerprinted
-beside its tracking position: when a release changes them, the runner notices at start and
-replays that projection from zero instead of failing on the old tables.
+what a rebuild spent its time on. A rebuild writes and commits each batch in a second
+thread while the next one is read and decoded. A projection's table definitions are
+fingerprinted beside its tracking position: when a release changes them, the runner
+notices at start and replays that projection from zero instead of failing on the old
+tables.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import (
@@ -32,6 +35,7 @@ from collections.abc import (
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, lru_cache, singledispatchmethod
+from operator import itemgetter
 from typing import Any, ClassVar, NamedTuple
 
 import orjson
@@ -185,23 +189,29 @@ def flush_pending(conn: Connection) -> None:
 
 
 class _BulkInsert(NamedTuple):
-    """A table's INSERT compiled for one dialect, with each column's bind conversion."""
+    """A table's INSERT compiled for one dialect, and how a row becomes its parameters."""
 
     sql: str
     positional: bool
     keys: tuple[str, ...]
-    converters: tuple[Callable[[Any], Any] | None, ...]
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    """A row's values in ``keys`` order, as they are (``operator.itemgetter``)."""
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """(index, bind conversion) of the columns whose values the driver cannot take as is."""
 
 
 @lru_cache(maxsize=256)  # per table and engine's dialect; tests make many engines
 def _bulk_insert(table: Table, dialect: Dialect) -> _BulkInsert:
     compiled = table.insert().compile(dialect=dialect)
     keys = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
+    types = [table.c[key].type.dialect_impl(dialect) for key in keys]
+    processors = [kind.bind_processor(dialect) for kind in types]
     return _BulkInsert(
         compiled.string,
         compiled.positional,
         keys,
-        tuple(table.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys),
+        itemgetter(*keys) if len(keys) > 1 else lambda row: (row[keys[0]],),
+        tuple((index, convert) for index, convert in enumerate(processors) if convert),
     )
 
 
@@ -232,20 +242,30 @@ def _insert_statement(
         if document is not None:
             return _Statement(_json_recordset_insert(table, dialect), (document,))
     insert = _bulk_insert(table, dialect)
-    pairs = tuple(zip(insert.keys, insert.converters, strict=True))
-    converted = [
-        tuple(row[key] if convert is None else convert(row[key]) for key, convert in pairs)
-        for row in rows
-    ]
+    values = [insert.values(row) for row in rows]
     if dialect.name == "sqlite" and by_json:
-        document = _json_document(converted)
+        # Nested in the document instead, a JSON column's objects would save orjson a pass
+        # but cost SQLite more, re-writing each as text: measured slower in a rebuild.
+        document = _json_document(_converted(values, insert.converters))
         if document is not None:
             return _Statement(_json_each_insert(table, insert.keys), (document,))
+    converted = [tuple(row) for row in _converted(values, insert.converters)]
     if insert.positional:
         return _Statement(insert.sql, converted)
-    return _Statement(
-        insert.sql, [dict(zip(insert.keys, values, strict=True)) for values in converted]
-    )
+    return _Statement(insert.sql, [dict(zip(insert.keys, row, strict=True)) for row in converted])
+
+
+def _converted(
+    values: list[tuple[Any, ...]], converters: Sequence[tuple[int, Callable[[Any], Any]]]
+) -> list[Any]:
+    """Rows of values with the given columns converted (the rows as they are if none)."""
+    if not converters:
+        return values
+    rows = [list(row) for row in values]
+    for index, convert in converters:
+        for row in rows:
+            row[index] = convert(row[index])
+    return rows
 
 
 def _json_document(rows: list[Any]) -> str | None:
@@ -436,25 +456,31 @@ def _bulk_writes(conn: Connection) -> Iterator[None]:
 
     A rebuild dirties the same index pages batch after batch: a 64 MiB page cache keeps
     them instead of reading them back, and checkpointing the WAL once at the end (instead
-    of every 1000 pages) copies each page to the database file once. Both are settings of
-    this connection only, restored afterwards; durability and isolation are unchanged.
+    of every 1000 pages) copies each page to the database file once. Pages the rebuild
+    frees are not overwritten with zeros (``secure_delete = FAST``; builds such as
+    Debian's default to zeroing): it drops tables of copies of what the log holds anyway,
+    and refills those pages at once. All are settings of this connection only, restored
+    afterwards; durability and isolation are unchanged.
     """
     if conn.dialect.name != "sqlite":
         yield
         return
     # On the driver's connection, outside any transaction (a checkpoint cannot run in one).
     sqlite: Any = conn.connection.dbapi_connection
-    cache = sqlite.execute("PRAGMA cache_size").fetchone()[0]
-    checkpoint = sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    settings = {
+        name: int(sqlite.execute(f"PRAGMA {name}").fetchone()[0])
+        for name in ("cache_size", "wal_autocheckpoint", "secure_delete")
+    }
     sqlite.execute(f"PRAGMA cache_size = -{_REBUILD_CACHE_KIB}")
     sqlite.execute("PRAGMA wal_autocheckpoint = 0")
+    sqlite.execute("PRAGMA secure_delete = FAST")
     try:
         yield
     finally:
         if not conn.in_transaction():
             sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        sqlite.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
-        sqlite.execute(f"PRAGMA cache_size = {int(cache)}")
+        for name, value in settings.items():
+            sqlite.execute(f"PRAGMA {name} = {value}")
 
 
 class ProjectionRunner:
@@ -666,6 +692,15 @@ class ProjectionRunner:
             _set_position(conn, projection.name, 0)
             _set_fingerprint(conn, projection.name, fingerprint(projection.metadata, conn.dialect))
 
+    def _emptied(self, conn: Connection, projections: Sequence[Projection]) -> None:
+        """Empty the projections' tables and set them to position 0, in one transaction.
+
+        One transaction: a crash part-way must not leave empty tables behind an old
+        tracking position (the projection would then never catch up).
+        """
+        with conn.begin():
+            self._reset(conn, projections)
+
     def rebuild(
         self, name: str | None = None, progress: Callable[[int, int], None] | None = None
     ) -> None:
@@ -675,11 +710,7 @@ class ProjectionRunner:
         rebuilt in one transaction, with their tracking positions.
         """
         chosen = list(self.projections.values()) if name is None else [self.projections[name]]
-        with self._lock, fewer_collections():
-            # One transaction: a crash part-way must not leave empty tables behind an old
-            # tracking position (the projection would then never catch up).
-            with writing(self.engine) as conn:
-                self._reset(conn, chosen)
+        with self._lock, fewer_collections(), _prompt_hand_offs():
             total = int(self.recorder.max_notification_id() or 0)
             position = 0
             with (
@@ -689,15 +720,15 @@ class ProjectionRunner:
                 # is read and decoded: both databases do that work outside the GIL.
                 ThreadPoolExecutor(1, thread_name_prefix="rebuild-write") as committer,
             ):
-                written: Future[None] | None = None
+                # The tables are emptied there too, while the first batch is read.
+                written: Future[None] = committer.submit(self._emptied, conn, chosen)
                 notifications = self._read(0, None)
                 while notifications:
                     events = list(self._decoded(notifications))
-                    if written is not None:
-                        # Handlers read and change the rows earlier batches wrote.
-                        written.result()
-                        if progress is not None:
-                            progress(min(position, total), max(total, position))
+                    # Handlers read and change the rows earlier batches wrote.
+                    written.result()
+                    if progress is not None:
+                        progress(min(position, total), max(total, position))
                     transaction = conn.begin()
                     try:
                         self._handle(conn, chosen, events)
@@ -710,8 +741,7 @@ class ProjectionRunner:
                     full = len(notifications) == self.batch_size
                     position = notifications[-1].id
                     notifications = self._read(position, None) if full else []
-                if written is not None:
-                    written.result()
+                written.result()
             if progress is not None:
                 progress(max(total, position), max(total, position))
 
@@ -764,6 +794,26 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+# How long a thread waiting for the GIL lets the running one go on (Python's default: 5 ms).
+_REBUILD_SWITCH_INTERVAL = 0.001
+
+
+@contextmanager
+def _prompt_hand_offs() -> Iterator[None]:
+    """Hand the GIL to a waiting thread sooner while a rebuild runs.
+
+    The writer thread needs the GIL back after each statement and each commit, while the
+    main thread decodes and handles the next batch: at the default interval every one of
+    those waits could last 5 ms, which added up to a tenth of a 200k-event rebuild.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, _REBUILD_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _commit(conn: Connection, transaction: Any, inserts: Sequence[_Statement]) -> None:

@@ -127,7 +127,7 @@ def read_as_the_library_reads(application: EcrfApplication) -> set[str]:
     """
     library = JSONTranscoder()
     application.register_transcodings(library)
-    reference = Mapper(transcoder=library)
+    reference: Mapper[Any] = Mapper(transcoder=library)
     topics = set()
     position = 0
     while notifications := application.recorder.select_notifications(

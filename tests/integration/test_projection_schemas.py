@@ -3,6 +3,9 @@ batched writes leave exactly the rows that per-event writes leave."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -485,3 +488,35 @@ def test_a_table_dropped_by_hand_is_created_again_at_start(
         assert restarted.reset_at_start == []
     finally:
         restarted.engine.dispose()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["completing", "failing"])
+def test_a_rebuild_leaves_the_process_and_its_connection_as_they_were(
+    application: EcrfApplication, settings: Settings, fails: bool
+) -> None:
+    """The collector, GIL switching and SQLite settings a rebuild tunes are put back."""
+    enter_trial(application, subjects=1)
+    engine = make_engine(settings.database.sqlalchemy_url())
+    pragmas = ("cache_size", "wal_autocheckpoint", "secure_delete", "synchronous")
+
+    def connection_settings() -> dict[str, Any]:
+        if engine.dialect.name != "sqlite":
+            return {}
+        with engine.connect() as conn:
+            return {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in pragmas}
+
+    try:
+        projection = Broken()
+        projection.broken = fails
+        runner = ProjectionRunner(application.recorder, application.mapper, engine, [projection])
+        runner.batch_size = 2
+        process = (gc.get_threshold(), sys.getswitchinterval())
+        connection = connection_settings()
+        with contextlib.suppress(RuntimeError):
+            runner.rebuild()
+        assert runner.position(projection.name) == (2 if fails else application.max_position())
+        assert (gc.get_threshold(), sys.getswitchinterval()) == process
+        assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]  # the one used throughout
+        assert connection_settings() == connection
+    finally:
+        engine.dispose()
