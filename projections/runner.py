@@ -55,6 +55,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Transaction,
     Update,
     bindparam,
     create_engine,
@@ -816,7 +817,7 @@ def _prompt_hand_offs() -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
-def _commit(conn: Connection, transaction: Any, inserts: Sequence[_Statement]) -> None:
+def _commit(conn: Connection, transaction: Transaction, inserts: Sequence[_Statement]) -> None:
     """Run a batch's INSERTs and commit its transaction; roll it back if either fails."""
     try:
         for statement in inserts:
