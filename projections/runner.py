@@ -158,11 +158,6 @@ class PendingRows:
         rows = self._rows.get(table)
         return rows is not None and rows.pop(key, None) is not None
 
-    def write(self, conn: Connection) -> None:
-        """INSERT every pending row, one statement per table."""
-        for statement in self.statements(conn.dialect):
-            conn.exec_driver_sql(statement.sql, statement.parameters)
-
     def statements(self, dialect: Dialect) -> list[_Statement]:
         """The INSERTs of every pending row, one per table; the rows are then forgotten."""
         statements = [
@@ -184,9 +179,18 @@ def pending(conn: Connection) -> PendingRows:
 
 def flush_pending(conn: Connection) -> None:
     """Write the pending rows (before anything reads the tables or the batch commits)."""
+    _execute(conn, _pending_inserts(conn))
+
+
+def _pending_inserts(conn: Connection) -> list[_Statement]:
+    """The INSERTs of the rows pending on this connection, which are then no longer pending."""
     found: PendingRows | None = conn.info.pop(_PENDING, None)
-    if found is not None:
-        found.write(conn)
+    return found.statements(conn.dialect) if found is not None else []
+
+
+def _execute(conn: Connection, statements: Iterable[_Statement]) -> None:
+    for statement in statements:
+        conn.exec_driver_sql(statement.sql, statement.parameters)
 
 
 class _BulkInsert(NamedTuple):
@@ -733,8 +737,7 @@ class ProjectionRunner:
                     transaction = conn.begin()
                     try:
                         self._handle(conn, chosen, events)
-                        rows: PendingRows | None = conn.info.pop(_PENDING, None)
-                        inserts = rows.statements(conn.dialect) if rows is not None else []
+                        inserts = _pending_inserts(conn)
                     except BaseException:
                         transaction.rollback()
                         raise
@@ -820,8 +823,7 @@ def _prompt_hand_offs() -> Iterator[None]:
 def _commit(conn: Connection, transaction: Transaction, inserts: Sequence[_Statement]) -> None:
     """Run a batch's INSERTs and commit its transaction; roll it back if either fails."""
     try:
-        for statement in inserts:
-            conn.exec_driver_sql(statement.sql, statement.parameters)
+        _execute(conn, inserts)
         transaction.commit()
     except BaseException:
         transaction.rollback()
